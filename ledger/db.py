@@ -1,0 +1,91 @@
+"""Database engines for SQLite (embedded default) and PostgreSQL (production).
+
+The one thing both engines must agree on is how appends are serialised:
+writers take the ledger's write lock as their first statement, so every
+appender sees the latest committed head and no two can assign the same seq.
+SQLite does it with `BEGIN IMMEDIATE`, PostgreSQL with a transaction-scoped
+advisory lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+# An arbitrary, fixed 64-bit key: every writer of this database contends for it.
+_WRITE_LOCK_KEY = 0x636F6E73656E74  # "consent"
+_WRITE = "consent_ledger_write"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine configured for the ledger's durability and locking rules."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            # Writers from other processes wait for the lock instead of failing.
+            connect_args={"timeout": 60, "check_same_thread": False},
+            **kwargs,
+        )
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+    raise ValueError(f"unsupported database {parsed.get_backend_name()!r}")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite so that BEGIN is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers never block the writer. synchronous=FULL: a commit the
+        # ledger acknowledged survives a power cut, not only a process crash.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock before the first read, so an appender
+        # can never build on a head that another writer is about to move.
+        immediate = connection.get_execution_options().get(_WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """One all-or-nothing write transaction holding the ledger's write lock.
+
+    Commits when the block ends normally; rolls back on any exception.
+    """
+    bound = engine.execution_options(**{_WRITE: True})
+    with Session(bound, expire_on_commit=False) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK_KEY})
+        yield session
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A read-only transaction: one consistent snapshot for everything read in it."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            # REPEATABLE READ gives one snapshot for the whole read, so a proof
+            # and the checkpoint it is checked against come from the same moment.
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        yield session

@@ -1,0 +1,164 @@
+"""Eligibility (SPEC §3.4): may this subject's data in this category be used for this purpose?
+
+A pure function of the policy, the subject's state and their decisions, so
+that the same log prefix and the same `at` always give the same answer. The
+caller has already picked the subject's decisions with `seq < as_of` and
+validated the category and purpose against the policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final, Literal, TypeAlias
+
+from ledger.policy import WILDCARD, Policy, ancestors
+
+DecisionKind: TypeAlias = Literal["granted", "denied", "withdrawn"]
+Reason: TypeAlias = Literal[
+    "unknown-subject",
+    "erased",
+    "prohibited",
+    "minor",
+    "consent",
+    "refused",
+    "withdrawn",
+    "explicit-consent-required",
+    "default-allow",
+    "default-deny",
+]
+
+REASONS: Final[tuple[Reason, ...]] = (
+    "unknown-subject",
+    "erased",
+    "prohibited",
+    "minor",
+    "consent",
+    "refused",
+    "withdrawn",
+    "explicit-consent-required",
+    "default-allow",
+    "default-deny",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One recorded consent decision (`consent.recorded`), as eligibility needs it.
+
+    `effective` and `expires` are in the log's one timestamp form
+    (`2026-11-26T18:20:00.123456Z`), so they compare correctly as strings.
+    """
+
+    seq: int
+    category: str
+    purpose: str
+    decision: DecisionKind
+    explicit: bool
+    effective: str
+    expires: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectState:
+    """What the ledger knows about a subject as of the log prefix being evaluated."""
+
+    registered: bool
+    erased: bool
+    minor: bool
+    jurisdiction: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    """The answer: `decided_by` is the seq of the deciding decision, if one decided."""
+
+    eligible: bool
+    reason: Reason
+    decided_by: int | None
+
+
+# The answers that do not depend on a decision are shared, not rebuilt per call.
+_UNKNOWN_SUBJECT: Final = Eligibility(False, "unknown-subject", None)
+_ERASED: Final = Eligibility(False, "erased", None)
+_PROHIBITED: Final = Eligibility(False, "prohibited", None)
+_MINOR: Final = Eligibility(False, "minor", None)
+_EXPLICIT_REQUIRED: Final = Eligibility(False, "explicit-consent-required", None)
+_DEFAULT_ALLOW: Final = Eligibility(True, "default-allow", None)
+_DEFAULT_DENY: Final = Eligibility(False, "default-deny", None)
+
+_OUTCOME: Final[dict[DecisionKind, tuple[bool, Reason]]] = {
+    "granted": (True, "consent"),
+    "denied": (False, "refused"),
+    "withdrawn": (False, "withdrawn"),
+}
+
+
+@lru_cache(maxsize=4096)
+def _covering(name: str) -> frozenset[str]:
+    # The decision names that speak for `name`: itself, its ancestors and `*`.
+    return frozenset((*ancestors(name), WILDCARD))
+
+
+def evaluate_eligibility(
+    policy: Policy,
+    subject: SubjectState | None,
+    decisions: Iterable[Decision],
+    category: str,
+    purpose: str,
+    at: str,
+) -> Eligibility:
+    """Apply SPEC §3.4: the first rule that applies decides.
+
+    `subject` is None for a subject never registered; `at` is a timestamp in
+    the log's form.
+    """
+    # 1. Never registered.
+    if subject is None or not subject.registered:
+        return _UNKNOWN_SUBJECT
+    # 2. Erased: nothing of theirs is ever eligible again.
+    if subject.erased:
+        return _ERASED
+    # 3. Prohibited whatever the consent.
+    if policy.is_prohibited(category, purpose):
+        return _PROHIBITED
+    # 4. Minors, unless the policy says otherwise.
+    if subject.minor and not policy.minors_eligible:
+        return _MINOR
+
+    # 5. The latest applicable decision by (effective, seq). One pass keeping
+    # the maximum: decisions arrive in any order and sorting is wasted work.
+    special = policy.is_special(category)
+    categories = _covering(category)
+    purposes = _covering(purpose)
+    latest: Decision | None = None
+    for decision in decisions:
+        if decision.category not in categories or decision.purpose not in purposes:
+            continue
+        if decision.effective > at:
+            continue
+        if decision.expires is not None and at >= decision.expires:
+            continue
+        # A non-explicit grant cannot make a special category eligible, so it
+        # must not hide an earlier explicit grant or denial either.
+        if special and decision.decision == "granted" and not decision.explicit:
+            continue
+        if (
+            latest is None
+            or decision.effective > latest.effective
+            or (decision.effective == latest.effective and decision.seq > latest.seq)
+        ):
+            latest = decision
+    if latest is not None:
+        eligible, reason = _OUTCOME[latest.decision]
+        return Eligibility(eligible, reason, latest.seq)
+
+    # 6. Special categories are opt-in, explicitly, everywhere.
+    if special:
+        return _EXPLICIT_REQUIRED
+    # 7. The regime's default.
+    regime = policy.regime_of(subject.jurisdiction)
+    if policy.default_for(regime, category, purpose) == "allow":
+        return _DEFAULT_ALLOW
+    return _DEFAULT_DENY

@@ -1,0 +1,292 @@
+"""The log: appending entries (with their Merkle nodes and a signed checkpoint)
+and reading entries, checkpoints and proofs back.
+
+An append happens inside one write transaction (`ledger.db.write_session`):
+`LogWriter.open` reads the head under the write lock, `append` assigns seqs and
+canonical bytes, and `seal` writes entries, tree nodes, projections and the
+new checkpoint together. Nothing is visible to anyone until the transaction
+commits, and a transaction that dies leaves no trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from ledger import merkle
+from ledger.canonical import canonical_bytes, parse_canonical
+from ledger.errors import InvalidInput, NotFound, NotInitialized
+from ledger.notes import Checkpoint, NoteSigner, sign_checkpoint
+from ledger.schema import (
+    CheckpointRow,
+    ConsentDecision,
+    LedgerState,
+    LogEntryRow,
+    MerkleNode,
+    PolicyVersion,
+    SubjectVersion,
+)
+
+ENTRY_VERSION = 1
+
+# Kinds whose `data.subject` names a subject reference; the entry row carries
+# it too so that a subject's history is one indexed read.
+SUBJECT_KINDS = frozenset(
+    {"subject.registered", "subject.updated", "consent.recorded", "subject.erased"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    seq: int
+    canonical: bytes
+    body: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["kind"])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.body["data"]
+        return data
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return merkle.leaf_hash(self.canonical)
+
+    @classmethod
+    def from_canonical(cls, seq: int, canonical: bytes) -> LogEntry:
+        return cls(seq=seq, canonical=canonical, body=parse_canonical(canonical))
+
+
+@dataclass(frozen=True, slots=True)
+class SealedAppend:
+    """What a committed append produced: its entries and the checkpoint covering them."""
+
+    entries: tuple[LogEntry, ...]
+    tree_size: int
+    checkpoint: str
+
+
+# A projection hook: given the entries of one append, rows to insert into
+# derived tables ({table name: rows}). Supplied by the caller so that the log
+# knows nothing about consent.
+ProjectionHook = Callable[[Sequence[LogEntry]], Mapping[str, list[dict[str, Any]]]]
+
+
+@dataclass
+class LogWriter:
+    session: Session
+    origin: str
+    actor: str
+    time: str
+    _tree: merkle.TreeBuilder
+    _start: int
+    _pending: list[LogEntry] = field(default_factory=list)
+    _nodes: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, session: Session, *, actor: str, time: str) -> LogWriter:
+        """Read the committed head. The caller holds the write lock (`write_session`)."""
+        state = session.get(LedgerState, 1)
+        if state is None:
+            raise NotInitialized("no ledger in this database: run `consent-ledger init`")
+        size = state.tree_size
+        frontier_keys = merkle.root_node_keys(size)
+        stored = DbNodeReader(session).read_nodes(frontier_keys)
+        tree = merkle.TreeBuilder(size, [stored[key] for key in frontier_keys])
+        return cls(
+            session=session, origin=state.origin, actor=actor, time=time, _tree=tree, _start=size
+        )
+
+    @property
+    def next_seq(self) -> int:
+        return self._tree.size
+
+    @property
+    def pending(self) -> Sequence[LogEntry]:
+        return self._pending
+
+    def append(self, kind: str, data: dict[str, Any]) -> LogEntry:
+        seq = self._tree.size
+        body = {
+            "v": ENTRY_VERSION,
+            "seq": seq,
+            "time": self.time,
+            "kind": kind,
+            "actor": self.actor,
+            "data": data,
+        }
+        canonical = canonical_bytes(body)
+        entry = LogEntry(seq=seq, canonical=canonical, body=body)
+        for level, index, node in self._tree.append(merkle.leaf_hash(canonical)):
+            self._nodes.append({"level": level, "idx": index, "hash": node})
+        self._pending.append(entry)
+        return entry
+
+    def seal(
+        self, signers: Sequence[NoteSigner], project: ProjectionHook | None = None
+    ) -> SealedAppend:
+        """Write everything appended so far and the checkpoint that covers it."""
+        if not self._pending:
+            raise InvalidInput("nothing to append")
+        session = self.session
+        session.execute(
+            insert(LogEntryRow),
+            [
+                {
+                    "seq": entry.seq,
+                    "kind": entry.kind,
+                    "subject": entry.data.get("subject") if entry.kind in SUBJECT_KINDS else None,
+                    "canonical": entry.canonical,
+                }
+                for entry in self._pending
+            ],
+        )
+        session.execute(insert(MerkleNode), self._nodes)
+        if project is not None:
+            for table, rows in project(self._pending).items():
+                if rows:
+                    session.execute(insert(_TABLES[table]), rows)
+        size = self._tree.size
+        root = self._tree.root()
+        note = sign_checkpoint(Checkpoint(self.origin, size, root), signers)
+        session.execute(insert(CheckpointRow).values(tree_size=size, root=root, note=note))
+        session.execute(update(LedgerState).where(LedgerState.id == 1).values(tree_size=size))
+        sealed = SealedAppend(entries=tuple(self._pending), tree_size=size, checkpoint=note)
+        self._pending = []
+        self._nodes = []
+        return sealed
+
+
+_TABLES: dict[str, Any] = {
+    "subject_versions": SubjectVersion,
+    "consent_decisions": ConsentDecision,
+    "policy_versions": PolicyVersion,
+}
+
+
+def create_log(
+    session: Session,
+    *,
+    origin: str,
+    actor: str,
+    time: str,
+    genesis: Callable[[LogWriter], None],
+    signers: Sequence[NoteSigner],
+    project: ProjectionHook | None = None,
+) -> SealedAppend:
+    """Start a new, empty log and append its first entries in the same transaction."""
+    session.execute(insert(LedgerState).values(id=1, origin=origin, tree_size=0))
+    writer = LogWriter.open(session, actor=actor, time=time)
+    genesis(writer)
+    return writer.seal(signers, project)
+
+
+class DbNodeReader:
+    """`merkle.NodeReader` over the `merkle_nodes` table: one query per proof."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def read_nodes(self, keys: Collection[merkle.NodeKey]) -> Mapping[merkle.NodeKey, bytes]:
+        if not keys:
+            return {}
+        rows = self._session.execute(
+            select(MerkleNode.level, MerkleNode.idx, MerkleNode.hash).where(
+                tuple_(MerkleNode.level, MerkleNode.idx).in_(list(keys))
+            )
+        )
+        return {(level, idx): node for level, idx, node in rows}
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def tree_size(session: Session) -> int:
+    state = session.get(LedgerState, 1)
+    if state is None:
+        raise NotInitialized("no ledger in this database: run `consent-ledger init`")
+    return state.tree_size
+
+
+def origin(session: Session) -> str:
+    state = session.get(LedgerState, 1)
+    if state is None:
+        raise NotInitialized("no ledger in this database: run `consent-ledger init`")
+    return state.origin
+
+
+def latest_checkpoint(session: Session) -> CheckpointRow:
+    row = session.scalars(
+        select(CheckpointRow).order_by(CheckpointRow.tree_size.desc()).limit(1)  # type: ignore[attr-defined]
+    ).first()
+    if row is None:
+        raise NotInitialized("no ledger in this database: run `consent-ledger init`")
+    return row
+
+
+def checkpoint_at(session: Session, size: int) -> CheckpointRow:
+    row = session.get(CheckpointRow, size)
+    if row is None:
+        raise NotFound(f"no checkpoint was published at tree size {size}")
+    return row
+
+
+def read_entries(session: Session, start: int, limit: int) -> list[LogEntry]:
+    rows = session.execute(
+        select(LogEntryRow.seq, LogEntryRow.canonical)
+        .where(LogEntryRow.seq >= start, LogEntryRow.seq < start + limit)  # type: ignore[operator]
+        .order_by(LogEntryRow.seq)
+    )
+    return [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
+
+
+def read_entry(session: Session, seq: int) -> LogEntry:
+    row = session.get(LogEntryRow, seq)
+    if row is None:
+        raise NotFound(f"no entry {seq}: the log has {tree_size(session)} entries")
+    return LogEntry.from_canonical(row.seq, row.canonical)
+
+
+def check_range(size: int, *, index: int | None = None, tree: int | None = None) -> None:
+    if tree is not None and not 0 <= tree <= size:
+        raise InvalidInput(f"tree size {tree} is outside 0..{size}", field="tree_size")
+    if index is not None and tree is not None and not 0 <= index < tree:
+        raise InvalidInput(f"index {index} is outside 0..{tree - 1}", field="index")
+
+
+def inclusion_proof(session: Session, index: int, size: int) -> list[bytes]:
+    check_range(tree_size(session), index=index, tree=size)
+    return merkle.inclusion_proof(DbNodeReader(session), index, size)
+
+
+def consistency_proof(session: Session, old_size: int, new_size: int) -> list[bytes]:
+    current = tree_size(session)
+    check_range(current, tree=new_size)
+    if not 0 <= old_size <= new_size:
+        raise InvalidInput(f"old size {old_size} is outside 0..{new_size}", field="old_size")
+    return merkle.consistency_proof(DbNodeReader(session), old_size, new_size)
+
+
+def root_at(session: Session, size: int) -> bytes:
+    return merkle.tree_root(DbNodeReader(session), size)
+
+
+def checkpoint_note_at_or_after(session: Session, size: int) -> str:
+    """The first checkpoint covering `size` entries: answers about tree size `size` are
+    provable against it (with a consistency proof when it is larger)."""
+    note = session.scalar(
+        select(CheckpointRow.note)
+        .where(CheckpointRow.tree_size >= size)  # type: ignore[arg-type]
+        .order_by(CheckpointRow.tree_size)  # type: ignore[arg-type]
+        .limit(1)
+    )
+    if note is None:
+        raise NotFound(f"no checkpoint covers tree size {size}")
+    return note

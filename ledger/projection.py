@@ -1,0 +1,77 @@
+"""Current-state tables derived from the log.
+
+One function, `Projector.project`, turns entries into rows; the appender uses
+it inside the append transaction and `verify` uses it to replay the whole log,
+so "the tables equal a fresh replay" is checked against the very code that
+wrote them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ledger.canonical import canonical_bytes
+from ledger.log import LogEntry
+
+SubjectRow = dict[str, Any]
+Rows = dict[str, list[dict[str, Any]]]
+
+
+class Projector:
+    """Projects entries in seq order; remembers the latest subject row it produced."""
+
+    def __init__(self, load_subject: Callable[[str], SubjectRow | None] | None = None) -> None:
+        self._load_subject = load_subject
+        self._subjects: dict[str, SubjectRow] = {}
+
+    def latest_subject(self, ref: str) -> SubjectRow | None:
+        row = self._subjects.get(ref)
+        if row is None and self._load_subject is not None:
+            row = self._load_subject(ref)
+        return row
+
+    def project(self, entries: Sequence[LogEntry]) -> Rows:
+        rows: Rows = {"subject_versions": [], "consent_decisions": [], "policy_versions": []}
+        for entry in entries:
+            kind, data = entry.kind, entry.data
+            if kind == "consent.recorded":
+                rows["consent_decisions"].append(
+                    {
+                        "seq": entry.seq,
+                        "ref": data["subject"],
+                        "category": data["category"],
+                        "purpose": data["purpose"],
+                        "decision": data["decision"],
+                        "explicit": data["explicit"],
+                        "method": data["method"],
+                        "notice": data["notice"],
+                        "effective": data["effective"],
+                        "expires": data["expires"],
+                    }
+                )
+            elif kind in ("subject.registered", "subject.updated", "subject.erased"):
+                rows["subject_versions"].append(self._subject_row(entry))
+            elif kind == "policy.published":
+                rows["policy_versions"].append(
+                    {
+                        "version": data["version"],
+                        "seq": entry.seq,
+                        "document": canonical_bytes(data["policy"]).decode(),
+                    }
+                )
+        return rows
+
+    def _subject_row(self, entry: LogEntry) -> SubjectRow:
+        data = entry.data
+        ref = data["subject"]
+        prior = self.latest_subject(ref) or {"jurisdiction": None, "minor": False}
+        row = {
+            "ref": ref,
+            "seq": entry.seq,
+            "jurisdiction": data.get("jurisdiction", prior["jurisdiction"]),
+            "minor": data.get("minor", prior["minor"]),
+            "erased": entry.kind == "subject.erased",
+        }
+        self._subjects[ref] = row
+        return row

@@ -1,0 +1,110 @@
+"""The ledger's tables.
+
+Three kinds of table, with different rules:
+- the log itself (`log_entries`, `merkle_nodes`, `checkpoints`): append-only,
+  enforced by database triggers; everything else can be rebuilt from it;
+- projections (`subject_versions`, `consent_decisions`, `policy_versions`):
+  derived from the log in the same transaction as each append, so that
+  eligibility never replays the log; `verify` checks them against a replay;
+- mutable mappings that must NOT be in the log (`subjects`: the platform's
+  raw subject ids and their salts; `erased_subjects`: keyed hashes of erased
+  ids), plus the single `ledger_state` row.
+
+The schema itself is created by the Alembic migrations in `ledger/migrations`;
+these models describe it for queries.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, SmallInteger, String, Text
+from sqlmodel import Field, SQLModel
+
+
+class LedgerState(SQLModel, table=True):
+    __tablename__ = "ledger_state"
+
+    id: int = Field(default=1, primary_key=True)
+    origin: str = Field(sa_column=Column(String(255), nullable=False))
+    tree_size: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LogEntryRow(SQLModel, table=True):
+    __tablename__ = "log_entries"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    kind: str = Field(sa_column=Column(String(64), nullable=False))
+    # The subject reference the entry is about, if any: lets a subject's
+    # history be read without scanning the log.
+    subject: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class MerkleNode(SQLModel, table=True):
+    __tablename__ = "merkle_nodes"
+
+    level: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class CheckpointRow(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+
+    tree_size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SubjectMapping(SQLModel, table=True):
+    __tablename__ = "subjects"
+
+    subject_id: str = Field(sa_column=Column(String(256), primary_key=True))
+    ref: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ErasedSubject(SQLModel, table=True):
+    __tablename__ = "erased_subjects"
+
+    # HMAC-SHA256 of the raw id under a secret kept in CONSENT_LEDGER_HOME:
+    # enough to answer "erased" for that id, useless for recovering it.
+    id_hash: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class SubjectVersion(SQLModel, table=True):
+    __tablename__ = "subject_versions"
+
+    ref: str = Field(sa_column=Column(String(64), primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    jurisdiction: str | None = Field(default=None, sa_column=Column(String(2)))
+    minor: bool = Field(default=False)
+    erased: bool = Field(default=False)
+
+
+class ConsentDecision(SQLModel, table=True):
+    __tablename__ = "consent_decisions"
+    # Eligibility reads one subject's decisions below a tree size.
+    __table_args__ = (Index("ix_consent_decisions_ref_seq", "ref", "seq"),)
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    ref: str = Field(sa_column=Column(String(64), nullable=False))
+    category: str = Field(sa_column=Column(String(128), nullable=False))
+    purpose: str = Field(sa_column=Column(String(128), nullable=False))
+    decision: str = Field(sa_column=Column(String(16), nullable=False))
+    explicit: bool = Field(default=False)
+    method: str = Field(sa_column=Column(String(64), nullable=False))
+    notice: str | None = Field(default=None, sa_column=Column(String(512)))
+    effective: str = Field(sa_column=Column(String(32), nullable=False))
+    expires: str | None = Field(default=None, sa_column=Column(String(32)))
+
+
+class PolicyVersion(SQLModel, table=True):
+    __tablename__ = "policy_versions"
+
+    version: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False, unique=True))
+    document: str = Field(sa_column=Column(Text, nullable=False))
+
+
+APPEND_ONLY_TABLES = ("log_entries", "merkle_nodes", "checkpoints")

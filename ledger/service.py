@@ -1,0 +1,753 @@
+"""`ConsentLedger`: the operations the API, the CLI and the reports are thin layers over.
+
+Every write is one transaction under the ledger's write lock: validate, append
+entries, update projections and mappings, sign the new checkpoint, commit.
+Reads run in one snapshot each. Nothing here knows about HTTP or terminals.
+"""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from ledger import log
+from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
+from ledger.db import make_engine, read_session, write_session
+from ledger.eligibility import Decision, Eligibility, SubjectState, evaluate_eligibility
+from ledger.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotInitialized,
+    SigningKeyError,
+)
+from ledger.evidence import EvidenceBundle, EvidenceEntry
+from ledger.keys import KeyStore, SigningKey
+from ledger.log import LogEntry, LogWriter, SealedAppend
+from ledger.migrate import upgrade_schema
+from ledger.notes import VerifierKey, validate_origin
+from ledger.policy import Policy, default_policy
+from ledger.projection import Projector, SubjectRow
+from ledger.schema import (
+    ConsentDecision,
+    ErasedSubject,
+    LedgerState,
+    LogEntryRow,
+    PolicyVersion,
+    SubjectMapping,
+    SubjectVersion,
+)
+from ledger.settings import Settings
+from ledger.subjects import (
+    commitment,
+    erased_id_hash,
+    new_salt,
+    new_subject_ref,
+    validate_jurisdiction,
+    validate_subject_id,
+)
+from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
+
+ERASURE_SECRET = "erasure"
+# SQL parameter lists are chunked to stay far below every driver's limit.
+_IN_CHUNK = 900
+
+
+def cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def default_origin() -> str:
+    return f"consent-ledger.local/{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True, slots=True)
+class EligibilityAnswer:
+    eligible: bool
+    reason: str
+    decided_by: int | None
+    policy_version: int
+    checked_at: int
+    at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "eligible": self.eligible,
+            "reason": self.reason,
+            "decided_by": self.decided_by,
+            "policy_version": self.policy_version,
+            "checked_at": self.checked_at,
+            "at": self.at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    subject_id: object
+    category: object
+    purpose: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckBatch:
+    """Answers for many checks evaluated at one tree size, one time and one policy."""
+
+    checked_at: int
+    at: str
+    policy_version: int
+    checkpoint: str
+    results: list[Eligibility | InvalidInput]
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectView:
+    subject_id: str
+    ref: str
+    jurisdiction: str | None
+    minor: bool
+    regime: str
+    registered_seq: int
+    decisions: list[dict[str, Any]]
+    eligibility: list[dict[str, Any]]
+    checked_at: int
+    policy_version: int
+    at: str
+
+
+class ConsentLedger:
+    def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None) -> None:
+        self.settings = settings or Settings()
+        self.engine = engine or make_engine(self.settings.resolved_database_url)
+        self.keys = KeyStore(self.settings.home, self.settings.passphrase)
+        self._signing_key: SigningKey | None = None
+        self._policies: dict[int, Policy] = {}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- set-up --------------------------------------------------------------------------
+
+    @classmethod
+    def initialize(
+        cls,
+        settings: Settings | None = None,
+        *,
+        origin: str | None = None,
+        actor: str | None = None,
+        engine: Engine | None = None,
+    ) -> tuple[ConsentLedger, SealedAppend]:
+        """Create the schema, the signing key and the log's first entries.
+
+        Refuses to touch an existing ledger or an existing signing key.
+        """
+        ledger = cls(settings, engine=engine)
+        origin = validate_origin(origin or default_origin())
+        upgrade_schema(ledger.engine)
+        with read_session(ledger.engine) as session:
+            if session.get(LedgerState, 1) is not None:
+                raise Conflict("this database already holds a ledger; refusing to overwrite it")
+        if ledger.keys.exists():
+            raise Conflict(
+                f"a signing key already exists in {ledger.settings.home}; refusing to overwrite it"
+            )
+        # The key is staged first and promoted only once the log that names it
+        # has committed: a crash in between leaves nothing half-made.
+        key = ledger.keys.stage(origin)
+        policy = default_policy()
+
+        def genesis(writer: LogWriter) -> None:
+            writer.append(
+                "ledger.initialized", {"origin": origin, "verifier_key": str(key.verifier_key)}
+            )
+            writer.append(
+                "policy.published", {"version": policy.version, "policy": policy.to_document()}
+            )
+
+        with write_session(ledger.engine) as session:
+            sealed = log.create_log(
+                session,
+                origin=origin,
+                actor=actor or cli_actor(),
+                time=_now(),
+                genesis=genesis,
+                signers=[key],
+                project=Projector().project,
+            )
+        ledger.keys.promote_staged()
+        ledger._signing_key = key
+        return ledger, sealed
+
+    def upgrade(self) -> None:
+        upgrade_schema(self.engine)
+
+    # --- keys ----------------------------------------------------------------------------
+
+    def signing_key(self) -> SigningKey:
+        """The current key, checked against the log's latest announced key."""
+        if self._signing_key is not None:
+            return self._signing_key
+        with read_session(self.engine) as session:
+            expected = _latest_verifier_key(session)
+        staged = self.keys.staged()
+        if staged is not None:
+            # Finish (or forget) a rotation or init that stopped between the
+            # commit that announced the key and the promotion of its file.
+            if str(staged.verifier_key) == expected:
+                self.keys.promote_staged()
+            else:
+                self.keys.discard_staged()
+        key = self.keys.current()
+        if str(key.verifier_key) != expected:
+            raise SigningKeyError(
+                f"the signing key in {self.settings.home} ({key.verifier_key}) is not the key "
+                f"this ledger announced last ({expected})"
+            )
+        self._signing_key = key
+        return key
+
+    def verifier_key(self) -> str:
+        with read_session(self.engine) as session:
+            return _latest_verifier_key(session)
+
+    def rotate_key(self, *, actor: str) -> SealedAppend:
+        """Announce a new key; the checkpoint covering it is signed by old and new."""
+        old = self.signing_key()
+        new = self.keys.stage(old.name)
+
+        def build(writer: LogWriter, _session: Session) -> None:
+            writer.append("key.added", {"verifier_key": str(new.verifier_key)})
+            writer.append("key.retired", {"verifier_key": str(old.verifier_key)})
+
+        sealed = self._write(actor, build, extra_signers=[new])
+        assert sealed is not None
+        self.keys.promote_staged()
+        self._signing_key = new
+        return sealed
+
+    # --- writes --------------------------------------------------------------------------
+
+    def _write(
+        self,
+        actor: str,
+        build: Callable[[LogWriter, Session], None],
+        *,
+        extra_signers: Sequence[SigningKey] = (),
+    ) -> SealedAppend | None:
+        signer = self.signing_key()
+        with write_session(self.engine) as session:
+            writer = LogWriter.open(session, actor=actor, time=_now())
+            build(writer, session)
+            if not writer.pending:
+                return None
+            projector = Projector(lambda ref: _latest_subject_row(session, ref))
+            return writer.seal([signer, *extra_signers], projector.project)
+
+    def register_subject(
+        self,
+        subject_id: str,
+        *,
+        jurisdiction: str | None = None,
+        minor: bool = False,
+        actor: str,
+    ) -> SealedAppend | None:
+        """Register a subject, or update its jurisdiction and minor flag.
+
+        Returns None when the subject already has exactly these attributes.
+        """
+        subject_id = validate_subject_id(subject_id)
+        jurisdiction = validate_jurisdiction(jurisdiction)
+        if not isinstance(minor, bool):
+            raise InvalidInput("must be true or false", field="minor")
+        erasure_secret = self.keys.secret(ERASURE_SECRET)
+
+        def build(writer: LogWriter, session: Session) -> None:
+            register_or_update(
+                writer, session, subject_id, jurisdiction, minor, erasure_secret=erasure_secret
+            )
+
+        return self._write(actor, build)
+
+    def record_consents(
+        self, subject_id: str, decisions: Sequence[DecisionRequest], *, actor: str
+    ) -> SealedAppend:
+        """Record one or more decisions for a registered subject, all or none."""
+        subject_id = validate_subject_id(subject_id)
+        if not decisions:
+            raise InvalidInput("at least one decision is required", field="decisions")
+        erasure_secret = self.keys.secret(ERASURE_SECRET)
+
+        def build(writer: LogWriter, session: Session) -> None:
+            mapping = session.get(SubjectMapping, subject_id)
+            if mapping is None:
+                _refuse_unknown_subject(session, subject_id, erasure_secret)
+                raise AssertionError("unreachable")
+            policy = self._current_policy(session)
+            for position, request in enumerate(decisions):
+                data = validate_decision(
+                    request, policy, now=writer.time, field=f"decisions[{position}]"
+                )
+                writer.append("consent.recorded", {"subject": mapping.ref, **data})
+
+        sealed = self._write(actor, build)
+        assert sealed is not None
+        return sealed
+
+    def erase_subject(self, subject_id: str, *, actor: str) -> SealedAppend:
+        """GDPR Art. 17: unlink the subject from the log for good."""
+        subject_id = validate_subject_id(subject_id)
+        erasure_secret = self.keys.secret(ERASURE_SECRET)
+
+        def build(writer: LogWriter, session: Session) -> None:
+            mapping = session.get(SubjectMapping, subject_id)
+            if mapping is None:
+                _refuse_unknown_subject(session, subject_id, erasure_secret)
+                raise AssertionError("unreachable")
+            entry = writer.append("subject.erased", {"subject": mapping.ref})
+            session.execute(delete(SubjectMapping).where(SubjectMapping.subject_id == subject_id))  # type: ignore[arg-type]
+            session.execute(
+                insert(ErasedSubject).values(
+                    id_hash=erased_id_hash(erasure_secret, subject_id), seq=entry.seq
+                )
+            )
+
+        sealed = self._write(actor, build)
+        assert sealed is not None
+        return sealed
+
+    def publish_policy(self, policy: Policy, *, actor: str) -> SealedAppend:
+        def build(writer: LogWriter, session: Session) -> None:
+            current = session.scalar(select(func.max(PolicyVersion.version)))
+            if current is not None and policy.version <= current:
+                raise Conflict(
+                    f"policy version {policy.version} is not newer than the version in force "
+                    f"({current})"
+                )
+            writer.append(
+                "policy.published", {"version": policy.version, "policy": policy.to_document()}
+            )
+
+        sealed = self._write(actor, build)
+        assert sealed is not None
+        return sealed
+
+    # --- policy --------------------------------------------------------------------------
+
+    def _policy_row_at(self, session: Session, as_of: int) -> tuple[int, Policy]:
+        row = session.execute(
+            select(PolicyVersion.version, PolicyVersion.document)
+            .where(PolicyVersion.seq < as_of)  # type: ignore[arg-type]
+            .order_by(PolicyVersion.seq.desc())  # type: ignore[attr-defined]
+            .limit(1)
+        ).first()
+        if row is None:
+            raise InvalidInput(f"no policy was in force at tree size {as_of}", field="as_of")
+        version, document = row
+        policy = self._policies.get(version)
+        if policy is None:
+            policy = Policy.from_document(orjson.loads(document))
+            self._policies[version] = policy
+        return version, policy
+
+    def _current_policy(self, session: Session) -> Policy:
+        return self._policy_row_at(session, log.tree_size(session))[1]
+
+    def current_policy(self) -> Policy:
+        with read_session(self.engine) as session:
+            return self._current_policy(session)
+
+    # --- eligibility ---------------------------------------------------------------------
+
+    def check(
+        self,
+        subject_id: object,
+        category: object,
+        purpose: object = None,
+        *,
+        as_of: int | None = None,
+        at: str | None = None,
+    ) -> EligibilityAnswer:
+        batch = self.check_many([CheckRequest(subject_id, category, purpose)], as_of=as_of, at=at)
+        result = batch.results[0]
+        if isinstance(result, InvalidInput):
+            raise result
+        return EligibilityAnswer(
+            eligible=result.eligible,
+            reason=result.reason,
+            decided_by=result.decided_by,
+            policy_version=batch.policy_version,
+            checked_at=batch.checked_at,
+            at=batch.at,
+        )
+
+    def check_many(
+        self,
+        requests: Sequence[CheckRequest],
+        *,
+        purpose: object = None,
+        as_of: int | None = None,
+        at: str | None = None,
+    ) -> CheckBatch:
+        """Evaluate many checks at one tree size and time with a fixed number of queries.
+
+        A bad item gets its own InvalidInput in `results`; it never fails the batch.
+        """
+        moment = _now() if at is None else normalize_timestamp(at, field="at")
+        with read_session(self.engine) as session:
+            size = log.tree_size(session)
+            checked_at = size if as_of is None else as_of
+            if isinstance(checked_at, bool) or not isinstance(checked_at, int):
+                raise InvalidInput("must be an integer tree size", field="as_of")
+            if not 1 <= checked_at <= size:
+                raise InvalidInput(
+                    f"must be a tree size between 1 and {size}, got {checked_at}", field="as_of"
+                )
+            version, policy = self._policy_row_at(session, checked_at)
+            checkpoint = log.checkpoint_note_at_or_after(session, checked_at)
+            default_purpose = DEFAULT_PURPOSE if purpose is None else purpose
+            parsed: list[tuple[str, str, str] | InvalidInput] = []
+            for position, request in enumerate(requests):
+                try:
+                    parsed.append(_parse_check(request, policy, default_purpose, position))
+                except InvalidInput as exc:
+                    parsed.append(exc)
+            subject_ids = {item[0] for item in parsed if not isinstance(item, InvalidInput)}
+            states, decisions = self._load_subjects(session, subject_ids, checked_at)
+        results: list[Eligibility | InvalidInput] = []
+        for item in parsed:
+            if isinstance(item, InvalidInput):
+                results.append(item)
+                continue
+            subject_id, category, item_purpose = item
+            results.append(
+                evaluate_eligibility(
+                    policy,
+                    states.get(subject_id),
+                    decisions.get(subject_id, ()),
+                    category,
+                    item_purpose,
+                    moment,
+                )
+            )
+        return CheckBatch(
+            checked_at=checked_at,
+            at=moment,
+            policy_version=version,
+            checkpoint=checkpoint,
+            results=results,
+        )
+
+    def _load_subjects(
+        self, session: Session, subject_ids: Iterable[str], as_of: int
+    ) -> tuple[dict[str, SubjectState], dict[str, list[Decision]]]:
+        """Subject states and decisions as of a tree size, in a few grouped queries."""
+        ids = list(subject_ids)
+        ref_of: dict[str, str] = {}
+        for chunk in _chunks(ids):
+            for subject_id, ref in session.execute(
+                select(SubjectMapping.subject_id, SubjectMapping.ref).where(
+                    SubjectMapping.subject_id.in_(chunk)  # type: ignore[attr-defined]
+                )
+            ).tuples():
+                ref_of[subject_id] = ref
+        id_of = {ref: subject_id for subject_id, ref in ref_of.items()}
+        states: dict[str, SubjectState] = {}
+        latest_seq: dict[str, int] = {}
+        decisions: dict[str, list[Decision]] = {}
+        for chunk in _chunks(list(id_of)):
+            for ref, seq, jurisdiction, minor, erased in session.execute(
+                select(
+                    SubjectVersion.ref,
+                    SubjectVersion.seq,
+                    SubjectVersion.jurisdiction,
+                    SubjectVersion.minor,
+                    SubjectVersion.erased,
+                ).where(
+                    SubjectVersion.ref.in_(chunk),  # type: ignore[attr-defined]
+                    SubjectVersion.seq < as_of,  # type: ignore[arg-type]
+                )
+            ):
+                subject_id = id_of[ref]
+                if seq > latest_seq.get(subject_id, -1):
+                    latest_seq[subject_id] = seq
+                    states[subject_id] = SubjectState(
+                        registered=True, erased=erased, minor=minor, jurisdiction=jurisdiction
+                    )
+            for row in session.execute(
+                select(
+                    ConsentDecision.ref,
+                    ConsentDecision.seq,
+                    ConsentDecision.category,
+                    ConsentDecision.purpose,
+                    ConsentDecision.decision,
+                    ConsentDecision.explicit,
+                    ConsentDecision.effective,
+                    ConsentDecision.expires,
+                ).where(
+                    ConsentDecision.ref.in_(chunk),  # type: ignore[attr-defined]
+                    ConsentDecision.seq < as_of,  # type: ignore[arg-type]
+                )
+            ):
+                decisions.setdefault(id_of[row.ref], []).append(
+                    Decision(
+                        seq=row.seq,
+                        category=row.category,
+                        purpose=row.purpose,
+                        decision=row.decision,
+                        explicit=row.explicit,
+                        effective=row.effective,
+                        expires=row.expires,
+                    )
+                )
+        unmapped = [subject_id for subject_id in ids if subject_id not in ref_of]
+        if unmapped:
+            secret = self.keys.secret(ERASURE_SECRET)
+            hashes = {erased_id_hash(secret, subject_id): subject_id for subject_id in unmapped}
+            for chunk in _chunks(list(hashes)):
+                for (id_hash,) in session.execute(
+                    select(ErasedSubject.id_hash).where(ErasedSubject.id_hash.in_(chunk))  # type: ignore[attr-defined]
+                ):
+                    # Erasure is a legal override: it answers `erased` at every
+                    # tree size, since the data to answer otherwise is gone.
+                    states[hashes[id_hash]] = SubjectState(
+                        registered=True, erased=True, minor=False, jurisdiction=None
+                    )
+        return states, decisions
+
+    # --- subject reads -------------------------------------------------------------------
+
+    def subject_view(self, subject_id: str, *, at: str | None = None) -> SubjectView:
+        """Current attributes, decisions and eligibility for every category × purpose."""
+        subject_id = validate_subject_id(subject_id)
+        moment = _now() if at is None else normalize_timestamp(at, field="at")
+        with read_session(self.engine) as session:
+            mapping = session.get(SubjectMapping, subject_id)
+            if mapping is None:
+                _refuse_unknown_subject(session, subject_id, self.keys.secret(ERASURE_SECRET))
+                raise AssertionError("unreachable")
+            size = log.tree_size(session)
+            version, policy = self._policy_row_at(session, size)
+            states, decisions = self._load_subjects(session, [subject_id], size)
+            registered_seq = session.scalar(
+                select(func.min(SubjectVersion.seq)).where(SubjectVersion.ref == mapping.ref)  # type: ignore[arg-type]
+            )
+            rows = session.execute(
+                select(ConsentDecision)
+                .where(ConsentDecision.ref == mapping.ref)  # type: ignore[arg-type]
+                .order_by(ConsentDecision.seq)  # type: ignore[arg-type]
+            ).scalars()
+            decision_rows = [
+                {
+                    "seq": row.seq,
+                    "category": row.category,
+                    "purpose": row.purpose,
+                    "decision": row.decision,
+                    "explicit": row.explicit,
+                    "method": row.method,
+                    "notice": row.notice,
+                    "effective": row.effective,
+                    "expires": row.expires,
+                }
+                for row in rows
+            ]
+        state = states[subject_id]
+        subject_decisions = decisions.get(subject_id, [])
+        matrix = []
+        for category in policy.categories:
+            for purpose in policy.purposes:
+                answer = evaluate_eligibility(
+                    policy, state, subject_decisions, category, purpose, moment
+                )
+                matrix.append(
+                    {
+                        "category": category,
+                        "purpose": purpose,
+                        "eligible": answer.eligible,
+                        "reason": answer.reason,
+                        "decided_by": answer.decided_by,
+                    }
+                )
+        return SubjectView(
+            subject_id=subject_id,
+            ref=mapping.ref,
+            jurisdiction=state.jurisdiction,
+            minor=state.minor,
+            regime=policy.regime_of(state.jurisdiction),
+            registered_seq=int(registered_seq or 0),
+            decisions=decision_rows,
+            eligibility=matrix,
+            checked_at=size,
+            policy_version=version,
+            at=moment,
+        )
+
+    def subject_history(self, subject_id: str) -> EvidenceBundle:
+        """An evidence bundle of every entry about the subject, against the latest checkpoint."""
+        subject_id = validate_subject_id(subject_id)
+        with read_session(self.engine) as session:
+            mapping = session.get(SubjectMapping, subject_id)
+            if mapping is None:
+                _refuse_unknown_subject(session, subject_id, self.keys.secret(ERASURE_SECRET))
+                raise AssertionError("unreachable")
+            checkpoint = log.latest_checkpoint(session)
+            rows = session.execute(
+                select(LogEntryRow.seq, LogEntryRow.canonical)
+                .where(LogEntryRow.subject == mapping.ref)  # type: ignore[arg-type]
+                .order_by(LogEntryRow.seq)  # type: ignore[arg-type]
+            ).tuples()
+            entries = [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
+            return self._bundle(session, entries, checkpoint.tree_size, checkpoint.note)
+
+    # --- log reads -----------------------------------------------------------------------
+
+    def receipt(self, sealed: SealedAppend) -> EvidenceBundle:
+        """The evidence bundle of a write: its entries, proven into its own checkpoint."""
+        with read_session(self.engine) as session:
+            return self._bundle(session, sealed.entries, sealed.tree_size, sealed.checkpoint)
+
+    def _bundle(
+        self, session: Session, entries: Sequence[LogEntry], size: int, note: str
+    ) -> EvidenceBundle:
+        return EvidenceBundle(
+            verifier_key=_latest_verifier_key(session, before=size),
+            checkpoint=note,
+            entries=tuple(
+                EvidenceEntry(
+                    index=entry.seq,
+                    canonical=entry.canonical,
+                    inclusion=tuple(log.inclusion_proof(session, entry.seq, size)),
+                )
+                for entry in entries
+            ),
+        )
+
+    def checkpoint(self) -> str:
+        with read_session(self.engine) as session:
+            return log.latest_checkpoint(session).note
+
+    def tree_size(self) -> int:
+        with read_session(self.engine) as session:
+            return log.tree_size(session)
+
+    def inclusion_proof(self, index: int, tree_size: int | None = None) -> dict[str, Any]:
+        with read_session(self.engine) as session:
+            size = log.tree_size(session) if tree_size is None else tree_size
+            proof = log.inclusion_proof(session, index, size)
+            leaf = log.read_entry(session, index).leaf_hash
+        return {"index": index, "tree_size": size, "leaf_hash": leaf, "hashes": proof}
+
+    def consistency_proof(self, old_size: int, new_size: int) -> dict[str, Any]:
+        with read_session(self.engine) as session:
+            proof = log.consistency_proof(session, old_size, new_size)
+        return {"old_size": old_size, "new_size": new_size, "hashes": proof}
+
+
+# --- helpers shared by the writes --------------------------------------------------------
+
+
+def register_or_update(
+    writer: LogWriter,
+    session: Session,
+    subject_id: str,
+    jurisdiction: str | None,
+    minor: bool,
+    *,
+    erasure_secret: bytes,
+) -> LogEntry | None:
+    """Append `subject.registered` or `subject.updated` (changed fields only), or nothing."""
+    mapping = session.get(SubjectMapping, subject_id)
+    if mapping is None:
+        if _is_erased(session, subject_id, erasure_secret):
+            raise Conflict(f"subject {subject_id!r} was erased and cannot be registered again")
+        ref, salt = new_subject_ref(), new_salt()
+        session.add(SubjectMapping(subject_id=subject_id, ref=ref, salt=salt))
+        return writer.append(
+            "subject.registered",
+            {
+                "subject": ref,
+                "commitment": commitment(salt, subject_id),
+                "jurisdiction": jurisdiction,
+                "minor": minor,
+            },
+        )
+    latest = _latest_subject_row(session, mapping.ref)
+    assert latest is not None
+    changed: dict[str, Any] = {}
+    if latest["jurisdiction"] != jurisdiction:
+        changed["jurisdiction"] = jurisdiction
+    if latest["minor"] != minor:
+        changed["minor"] = minor
+    if not changed:
+        return None
+    return writer.append("subject.updated", {"subject": mapping.ref, **changed})
+
+
+def _is_erased(session: Session, subject_id: str, secret: bytes) -> bool:
+    id_hash = erased_id_hash(secret, subject_id)
+    return session.get(ErasedSubject, id_hash) is not None
+
+
+def _refuse_unknown_subject(session: Session, subject_id: str, secret: bytes) -> None:
+    if _is_erased(session, subject_id, secret):
+        raise Conflict(f"subject {subject_id!r} was erased")
+    raise NotFound(f"subject {subject_id!r} is not registered")
+
+
+def _latest_subject_row(session: Session, ref: str) -> SubjectRow | None:
+    row = session.execute(
+        select(SubjectVersion)
+        .where(SubjectVersion.ref == ref)  # type: ignore[arg-type]
+        .order_by(SubjectVersion.seq.desc())  # type: ignore[attr-defined]
+        .limit(1)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    return {
+        "ref": row.ref,
+        "seq": row.seq,
+        "jurisdiction": row.jurisdiction,
+        "minor": row.minor,
+        "erased": row.erased,
+    }
+
+
+def _latest_verifier_key(session: Session, *, before: int | None = None) -> str:
+    query = select(LogEntryRow.seq, LogEntryRow.canonical).where(
+        LogEntryRow.kind.in_(("ledger.initialized", "key.added"))  # type: ignore[attr-defined]
+    )
+    if before is not None:
+        query = query.where(LogEntryRow.seq < before)  # type: ignore[arg-type]
+    row = session.execute(query.order_by(LogEntryRow.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
+    if row is None:
+        raise NotInitialized("no ledger in this database: run `consent-ledger init`")
+    key = str(LogEntry.from_canonical(row[0], row[1]).data["verifier_key"])
+    VerifierKey.parse(key)
+    return key
+
+
+def _parse_check(
+    request: CheckRequest, policy: Policy, default_purpose: object, position: int
+) -> tuple[str, str, str]:
+    subject_id = validate_subject_id(request.subject_id, field="subject_id")
+    if not isinstance(request.category, str):
+        raise InvalidInput("must be a string", field="category")
+    category = policy.check_category(request.category, field="category")
+    purpose = request.purpose if request.purpose is not None else default_purpose
+    if not isinstance(purpose, str):
+        raise InvalidInput("must be a string", field="purpose")
+    return subject_id, category, policy.check_purpose(purpose, field="purpose")
+
+
+def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+def _now() -> str:
+    return format_timestamp(utc_now())

@@ -1,0 +1,67 @@
+"""Subjects as the log knows them: a random reference and a salted commitment.
+
+The log never holds a platform's raw subject id. The mapping (id, ref, salt)
+lives in the mutable `subjects` table; deleting it (erasure) leaves entries
+that nothing in the database can link back to the person, while `verify`
+can still check every surviving mapping against its commitment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import unicodedata
+
+from iso3166 import countries_by_alpha2
+
+from ledger.errors import InvalidInput
+from ledger.notes import b64
+
+MAX_SUBJECT_ID = 256
+SALT_BYTES = 32
+
+
+def new_subject_ref() -> str:
+    # 128 random bits: unguessable and unrelated to the id.
+    return secrets.token_hex(16)
+
+
+def new_salt() -> bytes:
+    return secrets.token_bytes(SALT_BYTES)
+
+
+def commitment(salt: bytes, subject_id: str) -> str:
+    """base64(SHA-256(salt ‖ UTF-8 subject id)): binds the ref to the id without revealing it."""
+    return b64(hashlib.sha256(salt + subject_id.encode("utf-8")).digest())
+
+
+def erased_id_hash(secret: bytes, subject_id: str) -> bytes:
+    """Keyed hash kept after erasure so that checks for the id answer `erased`."""
+    return hmac.new(secret, subject_id.encode("utf-8"), hashlib.sha256).digest()
+
+
+def validate_subject_id(subject_id: object, *, field: str = "subject_id") -> str:
+    if not isinstance(subject_id, str):
+        raise InvalidInput("must be a string", field=field)
+    if not 1 <= len(subject_id) <= MAX_SUBJECT_ID:
+        raise InvalidInput(
+            f"must be 1 to {MAX_SUBJECT_ID} characters, got {len(subject_id)}", field=field
+        )
+    if any(unicodedata.category(char) in {"Cc", "Cs"} for char in subject_id):
+        raise InvalidInput("must not contain control characters", field=field)
+    return subject_id
+
+
+def validate_jurisdiction(jurisdiction: object, *, field: str = "jurisdiction") -> str | None:
+    """An ISO 3166-1 alpha-2 code (any case), or None for unknown."""
+    if jurisdiction is None or jurisdiction == "":
+        return None
+    if not isinstance(jurisdiction, str):
+        raise InvalidInput("must be an ISO 3166-1 alpha-2 country code or null", field=field)
+    code = jurisdiction.strip().upper()
+    if code not in countries_by_alpha2:
+        raise InvalidInput(
+            f"{jurisdiction!r} is not an ISO 3166-1 alpha-2 country code", field=field
+        )
+    return code

@@ -1,0 +1,40 @@
+"""Timestamps as the log writes them: RFC 3339, UTC, `Z`, exactly six fractional digits.
+
+One fixed textual form keeps canonical bytes stable and lets timestamps
+compare correctly as strings as well as datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ledger.errors import InvalidInput
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """`2026-11-26T18:20:00.123456Z` for any aware datetime."""
+    if moment.tzinfo is None:
+        raise InvalidInput("timestamp has no time zone")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str, *, field: str = "time") -> datetime:
+    """Parse any RFC 3339 timestamp with an offset (or `Z`) into an aware UTC datetime."""
+    if not isinstance(text, str) or "T" not in text.upper():
+        raise InvalidInput(f"expected an RFC 3339 timestamp, got {text!r}", field=field)
+    try:
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(f"expected an RFC 3339 timestamp, got {text!r}", field=field) from exc
+    if moment.tzinfo is None:
+        raise InvalidInput(f"timestamp {text!r} has no time zone offset", field=field)
+    return moment.astimezone(UTC)
+
+
+def normalize_timestamp(text: str, *, field: str = "time") -> str:
+    """Any RFC 3339 timestamp, rewritten in the log's one form."""
+    return format_timestamp(parse_timestamp(text, field=field))
