@@ -199,19 +199,29 @@ class KeyStore:
         return self._load(self._staged_path)
 
     def promote_staged(self) -> None:
-        """Make the staged key current and retire the current one.
+        """Make the staged key current and retire the current one, if any.
 
         The current key is first copied to ``retired/<key ID>.pem``, then the
         staged file is renamed over it. There is a current key at every
         instant, and a crash in between leaves a state where promoting again
         finishes the job.
+
+        With no current key (``init`` stages the first key and promotes it
+        once the log that announces it has committed) the staged key simply
+        becomes current.
         """
         if not self._staged_path.is_file():
             raise NotFound("no staged signing key to promote")
         if not self._current_path.is_file():
-            # First key of a new ledger: nothing to retire.
             self._load(self._staged_path)
-            os.replace(self._staged_path, self._current_path)
+            # No-clobber: a key created meanwhile by `create` must not be
+            # silently replaced.
+            try:
+                if not _publish(self._staged_path, self._current_path):
+                    raise Conflict(f"a signing key appeared at {self._current_path} meanwhile")
+                self._staged_path.unlink()
+            except _NoHardLinks:
+                os.replace(self._staged_path, self._current_path)
             _fsync_dir(self._keys_dir)
             return
         # Loading both proves the passphrase opens them before anything moves.
@@ -317,7 +327,7 @@ def _parse_header(data: bytes, path: Path) -> VerifierKey:
     except UnicodeDecodeError:
         line = ""
     if not line.startswith(VERIFIER_HEADER):
-        raise SigningKeyError(f"signing key {path} has no {VERIFIER_HEADER.strip()} line")
+        raise SigningKeyError(f"signing key {path} has no '{VERIFIER_HEADER.strip()}' line")
     try:
         return VerifierKey.parse(line[len(VERIFIER_HEADER) :])
     except InvalidInput as exc:
@@ -364,20 +374,37 @@ def _write_file(path: Path, data: bytes, *, replace: bool) -> bool:
             os.replace(temp, path)
         else:
             try:
-                os.link(temp, path)
-            except FileExistsError:
-                return False
-            except OSError as exc:
-                # Some file systems have no hard links; fall back to an
-                # exclusive create, which is still no-clobber but not atomic
-                # with respect to the contents.
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
+                if not _publish(temp, path):
+                    return False
+            except _NoHardLinks:
+                # An exclusive create is still no-clobber, but a crash could
+                # leave a partly written file, so it is only the fallback.
                 return _write_exclusive(path, data)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
     _fsync_dir(directory)
+    return True
+
+
+class _NoHardLinks(Exception):
+    pass
+
+
+def _publish(source: Path, target: Path) -> bool:
+    """Give `source`'s file the name `target` unless `target` exists (then False).
+
+    A hard link fails atomically when the name is taken, which a rename
+    (that replaces) and an exists-then-rename (that races) do not.
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise _NoHardLinks from exc
+        raise
     return True
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from ledger import merkle
 from ledger.canonical import canonical_bytes, parse_canonical
@@ -157,7 +158,7 @@ class LogWriter:
         root = self._tree.root()
         note = sign_checkpoint(Checkpoint(self.origin, size, root), signers)
         session.execute(insert(CheckpointRow).values(tree_size=size, root=root, note=note))
-        session.execute(update(LedgerState).where(LedgerState.id == 1).values(tree_size=size))
+        session.execute(update(LedgerState).where(col(LedgerState.id) == 1).values(tree_size=size))
         sealed = SealedAppend(entries=tuple(self._pending), tree_size=size, checkpoint=note)
         self._pending = []
         self._nodes = []
@@ -198,8 +199,8 @@ class DbNodeReader:
         if not keys:
             return {}
         rows = self._session.execute(
-            select(MerkleNode.level, MerkleNode.idx, MerkleNode.hash).where(
-                tuple_(MerkleNode.level, MerkleNode.idx).in_(list(keys))
+            select(col(MerkleNode.level), col(MerkleNode.idx), col(MerkleNode.hash)).where(
+                tuple_(col(MerkleNode.level), col(MerkleNode.idx)).in_(list(keys))
             )
         )
         return {(level, idx): node for level, idx, node in rows}
@@ -224,7 +225,7 @@ def origin(session: Session) -> str:
 
 def latest_checkpoint(session: Session) -> CheckpointRow:
     row = session.scalars(
-        select(CheckpointRow).order_by(CheckpointRow.tree_size.desc()).limit(1)  # type: ignore[attr-defined]
+        select(CheckpointRow).order_by(col(CheckpointRow.tree_size).desc()).limit(1)
     ).first()
     if row is None:
         raise NotInitialized("no ledger in this database: run `consent-ledger init`")
@@ -240,9 +241,9 @@ def checkpoint_at(session: Session, size: int) -> CheckpointRow:
 
 def read_entries(session: Session, start: int, limit: int) -> list[LogEntry]:
     rows = session.execute(
-        select(LogEntryRow.seq, LogEntryRow.canonical)
-        .where(LogEntryRow.seq >= start, LogEntryRow.seq < start + limit)  # type: ignore[operator]
-        .order_by(LogEntryRow.seq)
+        select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
+        .where(col(LogEntryRow.seq) >= start, col(LogEntryRow.seq) < start + limit)
+        .order_by(col(LogEntryRow.seq))
     )
     return [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
 
@@ -282,9 +283,9 @@ def checkpoint_note_at_or_after(session: Session, size: int) -> str:
     """The first checkpoint covering `size` entries: answers about tree size `size` are
     provable against it (with a consistency proof when it is larger)."""
     note = session.scalar(
-        select(CheckpointRow.note)
-        .where(CheckpointRow.tree_size >= size)  # type: ignore[arg-type]
-        .order_by(CheckpointRow.tree_size)  # type: ignore[arg-type]
+        select(col(CheckpointRow.note))
+        .where(col(CheckpointRow.tree_size) >= size)
+        .order_by(col(CheckpointRow.tree_size))
         .limit(1)
     )
     if note is None:

@@ -92,9 +92,9 @@ def b64(data: bytes) -> B64Str:
 def unb64(text: str, *, field: str = "base64") -> bytes:
     """Decode standard padded base64, accepting only the canonical encoding.
 
-    Python's decoder tolerates missing padding errors in some modes and always
-    ignores non-zero trailing bits; re-encoding and comparing rejects every
-    alternative spelling, so one value has exactly one accepted text.
+    Python's decoder ignores non-zero trailing bits even with
+    ``validate=True``; re-encoding and comparing rejects every alternative
+    spelling, so one value has exactly one accepted text.
     """
     try:
         data = base64.b64decode(text, validate=True)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from ledger import log
 from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
@@ -310,7 +311,9 @@ class ConsentLedger:
                 _refuse_unknown_subject(session, subject_id, erasure_secret)
                 raise AssertionError("unreachable")
             entry = writer.append("subject.erased", {"subject": mapping.ref})
-            session.execute(delete(SubjectMapping).where(SubjectMapping.subject_id == subject_id))  # type: ignore[arg-type]
+            session.execute(
+                delete(SubjectMapping).where(col(SubjectMapping.subject_id) == subject_id)
+            )
             session.execute(
                 insert(ErasedSubject).values(
                     id_hash=erased_id_hash(erasure_secret, subject_id), seq=entry.seq
@@ -323,7 +326,7 @@ class ConsentLedger:
 
     def publish_policy(self, policy: Policy, *, actor: str) -> SealedAppend:
         def build(writer: LogWriter, session: Session) -> None:
-            current = session.scalar(select(func.max(PolicyVersion.version)))
+            current = session.scalar(select(func.max(col(PolicyVersion.version))))
             if current is not None and policy.version <= current:
                 raise Conflict(
                     f"policy version {policy.version} is not newer than the version in force "
@@ -341,9 +344,9 @@ class ConsentLedger:
 
     def _policy_row_at(self, session: Session, as_of: int) -> tuple[int, Policy]:
         row = session.execute(
-            select(PolicyVersion.version, PolicyVersion.document)
-            .where(PolicyVersion.seq < as_of)  # type: ignore[arg-type]
-            .order_by(PolicyVersion.seq.desc())  # type: ignore[attr-defined]
+            select(col(PolicyVersion.version), col(PolicyVersion.document))
+            .where(col(PolicyVersion.seq) < as_of)
+            .order_by(col(PolicyVersion.seq).desc())
             .limit(1)
         ).first()
         if row is None:
@@ -451,8 +454,8 @@ class ConsentLedger:
         ref_of: dict[str, str] = {}
         for chunk in _chunks(ids):
             for subject_id, ref in session.execute(
-                select(SubjectMapping.subject_id, SubjectMapping.ref).where(
-                    SubjectMapping.subject_id.in_(chunk)  # type: ignore[attr-defined]
+                select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
+                    col(SubjectMapping.subject_id).in_(chunk)
                 )
             ).tuples():
                 ref_of[subject_id] = ref
@@ -463,14 +466,14 @@ class ConsentLedger:
         for chunk in _chunks(list(id_of)):
             for ref, seq, jurisdiction, minor, erased in session.execute(
                 select(
-                    SubjectVersion.ref,
-                    SubjectVersion.seq,
-                    SubjectVersion.jurisdiction,
-                    SubjectVersion.minor,
-                    SubjectVersion.erased,
+                    col(SubjectVersion.ref),
+                    col(SubjectVersion.seq),
+                    col(SubjectVersion.jurisdiction),
+                    col(SubjectVersion.minor),
+                    col(SubjectVersion.erased),
                 ).where(
-                    SubjectVersion.ref.in_(chunk),  # type: ignore[attr-defined]
-                    SubjectVersion.seq < as_of,  # type: ignore[arg-type]
+                    col(SubjectVersion.ref).in_(chunk),
+                    col(SubjectVersion.seq) < as_of,
                 )
             ):
                 subject_id = id_of[ref]
@@ -481,17 +484,17 @@ class ConsentLedger:
                     )
             for row in session.execute(
                 select(
-                    ConsentDecision.ref,
-                    ConsentDecision.seq,
-                    ConsentDecision.category,
-                    ConsentDecision.purpose,
-                    ConsentDecision.decision,
-                    ConsentDecision.explicit,
-                    ConsentDecision.effective,
-                    ConsentDecision.expires,
+                    col(ConsentDecision.ref),
+                    col(ConsentDecision.seq),
+                    col(ConsentDecision.category),
+                    col(ConsentDecision.purpose),
+                    col(ConsentDecision.decision),
+                    col(ConsentDecision.explicit),
+                    col(ConsentDecision.effective),
+                    col(ConsentDecision.expires),
                 ).where(
-                    ConsentDecision.ref.in_(chunk),  # type: ignore[attr-defined]
-                    ConsentDecision.seq < as_of,  # type: ignore[arg-type]
+                    col(ConsentDecision.ref).in_(chunk),
+                    col(ConsentDecision.seq) < as_of,
                 )
             ):
                 decisions.setdefault(id_of[row.ref], []).append(
@@ -511,7 +514,7 @@ class ConsentLedger:
             hashes = {erased_id_hash(secret, subject_id): subject_id for subject_id in unmapped}
             for chunk in _chunks(list(hashes)):
                 for (id_hash,) in session.execute(
-                    select(ErasedSubject.id_hash).where(ErasedSubject.id_hash.in_(chunk))  # type: ignore[attr-defined]
+                    select(col(ErasedSubject.id_hash)).where(col(ErasedSubject.id_hash).in_(chunk))
                 ):
                     # Erasure is a legal override: it answers `erased` at every
                     # tree size, since the data to answer otherwise is gone.
@@ -535,12 +538,14 @@ class ConsentLedger:
             version, policy = self._policy_row_at(session, size)
             states, decisions = self._load_subjects(session, [subject_id], size)
             registered_seq = session.scalar(
-                select(func.min(SubjectVersion.seq)).where(SubjectVersion.ref == mapping.ref)  # type: ignore[arg-type]
+                select(func.min(col(SubjectVersion.seq))).where(
+                    col(SubjectVersion.ref) == mapping.ref
+                )
             )
             rows = session.execute(
                 select(ConsentDecision)
-                .where(ConsentDecision.ref == mapping.ref)  # type: ignore[arg-type]
-                .order_by(ConsentDecision.seq)  # type: ignore[arg-type]
+                .where(col(ConsentDecision.ref) == mapping.ref)
+                .order_by(col(ConsentDecision.seq))
             ).scalars()
             decision_rows = [
                 {
@@ -597,9 +602,9 @@ class ConsentLedger:
                 raise AssertionError("unreachable")
             checkpoint = log.latest_checkpoint(session)
             rows = session.execute(
-                select(LogEntryRow.seq, LogEntryRow.canonical)
-                .where(LogEntryRow.subject == mapping.ref)  # type: ignore[arg-type]
-                .order_by(LogEntryRow.seq)  # type: ignore[arg-type]
+                select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
+                .where(col(LogEntryRow.subject) == mapping.ref)
+                .order_by(col(LogEntryRow.seq))
             ).tuples()
             entries = [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
             return self._bundle(session, entries, checkpoint.tree_size, checkpoint.note)
@@ -702,8 +707,8 @@ def _refuse_unknown_subject(session: Session, subject_id: str, secret: bytes) ->
 def _latest_subject_row(session: Session, ref: str) -> SubjectRow | None:
     row = session.execute(
         select(SubjectVersion)
-        .where(SubjectVersion.ref == ref)  # type: ignore[arg-type]
-        .order_by(SubjectVersion.seq.desc())  # type: ignore[attr-defined]
+        .where(col(SubjectVersion.ref) == ref)
+        .order_by(col(SubjectVersion.seq).desc())
         .limit(1)
     ).scalar_one_or_none()
     if row is None:
@@ -718,12 +723,12 @@ def _latest_subject_row(session: Session, ref: str) -> SubjectRow | None:
 
 
 def _latest_verifier_key(session: Session, *, before: int | None = None) -> str:
-    query = select(LogEntryRow.seq, LogEntryRow.canonical).where(
-        LogEntryRow.kind.in_(("ledger.initialized", "key.added"))  # type: ignore[attr-defined]
+    query = select(col(LogEntryRow.seq), col(LogEntryRow.canonical)).where(
+        col(LogEntryRow.kind).in_(("ledger.initialized", "key.added"))
     )
     if before is not None:
-        query = query.where(LogEntryRow.seq < before)  # type: ignore[arg-type]
-    row = session.execute(query.order_by(LogEntryRow.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
+        query = query.where(col(LogEntryRow.seq) < before)
+    row = session.execute(query.order_by(col(LogEntryRow.seq).desc()).limit(1)).first()
     if row is None:
         raise NotInitialized("no ledger in this database: run `consent-ledger init`")
     key = str(LogEntry.from_canonical(row[0], row[1]).data["verifier_key"])

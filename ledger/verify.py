@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from ledger import merkle
 from ledger.canonical import parse_canonical
@@ -131,8 +132,8 @@ class _Verifier:
         if state is None:
             raise VerificationError("no ledger in this database", subject="ledger")
         total = self.session.scalar(
-            select(LogEntryRow.seq).order_by(LogEntryRow.seq.desc()).limit(1)
-        )  # type: ignore[attr-defined]
+            select(col(LogEntryRow.seq)).order_by(col(LogEntryRow.seq).desc()).limit(1)
+        )
         expected_total = -1 if total is None else total
         externals = [
             self._parse_external(position, note)
@@ -183,9 +184,14 @@ class _Verifier:
 
     def _entries(self, start: int, end: int) -> list[LogEntry]:
         rows = self.session.execute(
-            select(LogEntryRow.seq, LogEntryRow.kind, LogEntryRow.subject, LogEntryRow.canonical)
-            .where(LogEntryRow.seq >= start, LogEntryRow.seq < end)  # type: ignore[operator]
-            .order_by(LogEntryRow.seq)  # type: ignore[arg-type]
+            select(
+                col(LogEntryRow.seq),
+                col(LogEntryRow.kind),
+                col(LogEntryRow.subject),
+                col(LogEntryRow.canonical),
+            )
+            .where(col(LogEntryRow.seq) >= start, col(LogEntryRow.seq) < end)
+            .order_by(col(LogEntryRow.seq))
         )
         entries = []
         expected = start
@@ -263,8 +269,8 @@ class _Verifier:
             rows = list(
                 self.session.scalars(
                     select(CheckpointRow)
-                    .where(CheckpointRow.tree_size > last)  # type: ignore[arg-type]
-                    .order_by(CheckpointRow.tree_size)  # type: ignore[arg-type]
+                    .where(col(CheckpointRow.tree_size) > last)
+                    .order_by(col(CheckpointRow.tree_size))
                     .limit(CHUNK)
                 )
             )
@@ -354,9 +360,9 @@ class _Verifier:
             count = len(level_hashes) // merkle.HASH_SIZE
             expected_index = 0
             for index, stored in self.session.execute(
-                select(MerkleNode.idx, MerkleNode.hash)
-                .where(MerkleNode.level == level)  # type: ignore[arg-type]
-                .order_by(MerkleNode.idx)  # type: ignore[arg-type]
+                select(col(MerkleNode.idx), col(MerkleNode.hash))
+                .where(col(MerkleNode.level) == level)
+                .order_by(col(MerkleNode.idx))
             ).tuples():
                 where = f"merkle node {level}/{index}"
                 if index != expected_index or index >= count:
@@ -386,18 +392,18 @@ class _Verifier:
         count = 0
         rows = self.session.execute(
             select(
-                SubjectMapping.subject_id,
-                SubjectMapping.ref,
-                SubjectMapping.salt,
-                LogEntryRow.seq,
-                LogEntryRow.canonical,
+                col(SubjectMapping.subject_id),
+                col(SubjectMapping.ref),
+                col(SubjectMapping.salt),
+                col(LogEntryRow.seq),
+                col(LogEntryRow.canonical),
             )
             .outerjoin(
                 LogEntryRow,
-                (LogEntryRow.subject == SubjectMapping.ref)  # type: ignore[arg-type]
-                & (LogEntryRow.kind == "subject.registered"),  # type: ignore[arg-type]
+                (col(LogEntryRow.subject) == col(SubjectMapping.ref))
+                & (col(LogEntryRow.kind) == "subject.registered"),
             )
-            .order_by(SubjectMapping.ref)  # type: ignore[arg-type]
+            .order_by(col(SubjectMapping.ref))
             .execution_options(yield_per=CHUNK)
         )
         for subject_id, ref, salt, seq, canonical in rows:
@@ -413,9 +419,9 @@ class _Verifier:
                 )
             count += 1
         for seq, kind in self.session.execute(
-            select(ErasedSubject.seq, LogEntryRow.kind).outerjoin(
+            select(col(ErasedSubject.seq), col(LogEntryRow.kind)).outerjoin(
                 LogEntryRow,
-                LogEntryRow.seq == ErasedSubject.seq,  # type: ignore[arg-type]
+                col(LogEntryRow.seq) == col(ErasedSubject.seq),
             )
         ).tuples():
             if kind != "subject.erased":

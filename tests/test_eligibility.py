@@ -55,7 +55,9 @@ def subject(
     erased: bool = False,
     minor: bool = False,
 ) -> SubjectState:
-    return SubjectState(registered=registered, erased=erased, minor=minor, jurisdiction=jurisdiction)
+    return SubjectState(
+        registered=registered, erased=erased, minor=minor, jurisdiction=jurisdiction
+    )
 
 
 US = subject("US")
@@ -302,7 +304,8 @@ def decision_lists(draw: st.DrawFn) -> list[Decision]:
     decisions = []
     for seq in seqs:
         effective = draw(st.sampled_from(TIMES))
-        expires = draw(st.none() | st.sampled_from([t for t in TIMES if t > effective] or [None]))
+        later = [t for t in TIMES if t > effective]
+        expires = draw(st.one_of(st.none(), st.sampled_from(later))) if later else None
         decisions.append(
             Decision(
                 seq=seq,

@@ -98,9 +98,7 @@ def test_missing_key_is_a_clear_error(store: KeyStore) -> None:
         store.current()
 
 
-def test_files_are_0600_and_directories_0700_whatever_the_umask(
-    home: Path, umask: int
-) -> None:
+def test_files_are_0600_and_directories_0700_whatever_the_umask(home: Path, umask: int) -> None:
     store = KeyStore(home)
     store.create(ORIGIN)
     store.stage(ORIGIN)
@@ -156,7 +154,7 @@ def test_key_file_without_a_verifier_line_is_refused(store: KeyStore, home: Path
     store.create(ORIGIN)
     path = home / "keys" / "signing.pem"
     path.write_text(path.read_text().split("\n", 1)[1])
-    with pytest.raises(SigningKeyError, match="no verifier-key line"):
+    with pytest.raises(SigningKeyError, match="no 'verifier-key:' line"):
         store.current()
 
 
@@ -257,10 +255,36 @@ def test_promoting_with_nothing_staged_is_not_found(store: KeyStore) -> None:
         store.promote_staged()
 
 
-def test_promoting_without_a_current_key_is_not_found(store: KeyStore) -> None:
+def test_promoting_without_a_current_key_makes_the_staged_key_current(store: KeyStore) -> None:
+    # `init` stages the first key and promotes it once the log announcing it
+    # has committed.
+    staged = store.stage(ORIGIN)
+    assert not store.exists()
+    store.promote_staged()
+    assert store.current().verifier_key == staged.verifier_key
+    assert store.staged() is None
+    assert store.retired() == []
+
+
+def test_promoting_the_first_key_does_not_clobber_one_created_meanwhile(
+    store: KeyStore, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.stage(ORIGIN)
-    with pytest.raises(NotFound, match="no current"):
+    staged_path = home / "keys" / "staged.pem"
+    created: list[SigningKey] = []
+    real_load = KeyStore._load
+
+    def load_then_race(self: KeyStore, path: Path) -> SigningKey:
+        key = real_load(self, path)
+        if path == staged_path and not created:
+            created.append(store.create(ORIGIN))
+        return key
+
+    monkeypatch.setattr(KeyStore, "_load", load_then_race)
+    with pytest.raises(Conflict, match="meanwhile"):
         store.promote_staged()
+    monkeypatch.undo()
+    assert store.current().verifier_key == created[0].verifier_key
 
 
 def test_promotion_with_the_wrong_passphrase_moves_nothing(home: Path) -> None:

@@ -333,7 +333,7 @@ INVALID_DOCUMENTS = [
     ),
     pytest.param(
         _set(("defaults", "default", "ai-training", "posts"), "allow"),
-        'defaults.default.ai-training.posts',
+        "defaults.default.ai-training.posts",
         "unknown category 'posts'",
         id="defaults-unknown-category",
     ),
@@ -406,9 +406,7 @@ INVALID_DOCUMENTS = [
     pytest.param(_set(("version",), 1.0), "version", "positive integer", id="float-version"),
     pytest.param(_set(("version",), True), "version", "positive integer", id="bool-version"),
     pytest.param(_set(("version",), 0), "version", "positive integer", id="zero-version"),
-    pytest.param(
-        _set(("minors_eligible",), "no"), "minors_eligible", "true or false", id="minors"
-    ),
+    pytest.param(_set(("minors_eligible",), "no"), "minors_eligible", "true or false", id="minors"),
     pytest.param(_set(("categories",), {}), "categories", "at least one", id="no-categories"),
     pytest.param(_set(("minors",), False), "minors", "unknown key 'minors'", id="unknown-key"),
     pytest.param(_delete("prohibited"), "prohibited", "is required", id="missing-key"),
@@ -443,7 +441,7 @@ def test_toml_syntax_error_gives_the_line() -> None:
 def test_unquoted_dotted_category_is_caught() -> None:
     # TOML reads [categories.content.public] as a table inside `content`.
     text = (
-        'version = 1\nminors_eligible = false\nspecial = []\nprohibited = []\n'
+        "version = 1\nminors_eligible = false\nspecial = []\nprohibited = []\n"
         "[regimes]\n[defaults]\n[purposes.p]\ndescription = 'p'\n"
         "[categories.content]\ndescription = 'c'\n"
         "[categories.content.public]\ndescription = 'c'\n"
@@ -532,7 +530,9 @@ strict = ["FR"]
         pytest.param("nonexistent", "z", "r", "deny", id="unknown-regime-is-deny"),
     ],
 )
-def test_most_specific_default_wins(regime: str, category: str, purpose: str, expected: str) -> None:
+def test_most_specific_default_wins(
+    regime: str, category: str, purpose: str, expected: str
+) -> None:
     assert Policy.from_toml(SPECIFICITY_POLICY).default_for(regime, category, purpose) == expected
 
 

@@ -1,0 +1,42 @@
+# consent-ledger: `make run` starts the product on SQLite, `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export CONSENT_LEDGER_HOME ?= $(CURDIR)/.consent-ledger
+
+.PHONY: install run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# Initialise a ledger in .consent-ledger (once), then show it working.
+run: install
+	@test -f "$(CONSENT_LEDGER_HOME)/keys/signing.pem" || $(BIN)/consent-ledger init
+	@$(BIN)/consent-ledger keys show
+	@$(BIN)/consent-ledger verify
+
+# The whole suite on SQLite and PostgreSQL (PostgreSQL cases skip, saying so,
+# when no server is reachable; CI sets CONSENT_LEDGER_REQUIRE_POSTGRES=1).
+test: install
+	$(BIN)/pytest -n 2 -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict ledger
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,213 @@
+"""The `consent-ledger` command: one Typer app composed from one sub-app per noun."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from cli import consent, keys, policy, proof, subject
+from cli.common import (
+    JSON_OPTION,
+    console,
+    err_console,
+    guarded,
+    open_ledger,
+    print_json,
+    progress_bar,
+)
+from ledger.errors import InvalidInput
+from ledger.evidence import EvidenceBundle, verify_bundle
+from ledger.notes import Checkpoint, Note, VerifierKey
+from ledger.service import ConsentLedger, cli_actor
+from ledger.settings import Settings
+from ledger.verify import verify_ledger
+
+app = typer.Typer(
+    name="consent-ledger",
+    help="An append-only, signed ledger of consent decisions, with eligibility checks "
+    "and proofs an auditor can verify offline.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(subject.app, name="subject")
+app.add_typer(consent.app, name="consent")
+app.add_typer(keys.app, name="keys")
+app.add_typer(policy.app, name="policy")
+app.add_typer(proof.app, name="proof")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"consent-ledger {version('consent-ledger')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Settings come from CONSENT_LEDGER_* environment variables (see the README)."""
+
+
+@app.command("init")
+@guarded
+def init(
+    origin: Annotated[
+        str | None,
+        typer.Option(help="The log's name, e.g. example.com/consent (default: random)."),
+    ] = None,
+) -> None:
+    """Create the ledger: home directory, signing key, schema, first entries, default policy.
+
+    Refuses to overwrite an existing ledger or key.
+
+    Example: CONSENT_LEDGER_HOME=/srv/ledger consent-ledger init --origin example.com/consent
+    """
+    settings = Settings()
+    ledger, sealed = ConsentLedger.initialize(settings, origin=origin, actor=cli_actor())
+    try:
+        console.print(f"ledger initialised in {settings.home.absolute()}")
+        console.print(f"database: {_redacted(settings.resolved_database_url)}")
+        console.print(f"tree size {sealed.tree_size}; verifier key:")
+        console.print(ledger.verifier_key())
+    finally:
+        ledger.close()
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command("check")
+@guarded
+def check(
+    subject_id: Annotated[str, typer.Argument(help="The platform's id for the person.")],
+    category: Annotated[str, typer.Argument(help="Data category, e.g. content.public.")],
+    purpose: Annotated[str | None, typer.Option("--purpose", "-p", help="Purpose.")] = None,
+    as_of: Annotated[int | None, typer.Option(help="Evaluate at this tree size.")] = None,
+    at: Annotated[str | None, typer.Option(help="Evaluate at this RFC 3339 time.")] = None,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """May this subject's data of this category be used for this purpose?
+
+    Example: consent-ledger check user-42 profile.employment --purpose ai-training
+    """
+    with open_ledger() as ledger:
+        answer = ledger.check(subject_id, category, purpose, as_of=as_of, at=at)
+    if as_json:
+        print_json(answer.to_json())
+        return
+    verdict = "[green]ELIGIBLE[/green]" if answer.eligible else "[red]NOT ELIGIBLE[/red]"
+    decided = "" if answer.decided_by is None else f", decided by entry {answer.decided_by}"
+    console.print(
+        f"{verdict}: {answer.reason}{decided} (policy v{answer.policy_version}, "
+        f"tree size {answer.checked_at}, at {answer.at})"
+    )
+
+
+@app.command("verify")
+@guarded
+def verify(
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint", help="A checkpoint saved earlier; proves no rollback or fork."
+        ),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="A verifier key you trust; it must be in the key chain.")
+    ] = None,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """Recompute and check everything: entries, tree, checkpoints, keys, subjects, state.
+
+    Exits 1 and names the first bad entry, checkpoint or subject on any failure.
+
+    Example: consent-ledger verify --checkpoint yesterday.checkpoint
+    """
+    notes = [path.read_text(encoding="utf-8") for path in checkpoint or []]
+    trusted = VerifierKey.parse(key) if key else None
+    with open_ledger() as ledger, progress_bar() as progress:
+        task = progress.add_task("verifying", total=None)
+        report = verify_ledger(
+            ledger.engine,
+            external_checkpoints=notes,
+            trusted_key=trusted,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if as_json:
+        print_json(report.to_json())
+        return
+    console.print(
+        f"[green]OK[/green]: {report.entries} entries, {report.checkpoints} checkpoints, "
+        f"{report.subjects} subjects verified; root {report.root}"
+    )
+    for size in report.external_checkpoints:
+        console.print(f"consistent with saved checkpoint of size {size}")
+
+
+@app.command("checkpoint")
+@guarded
+def checkpoint(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+    """Print the latest signed checkpoint (save it to prove later that nothing was rewritten).
+
+    Example: consent-ledger checkpoint > today.checkpoint
+    """
+    with open_ledger() as ledger:
+        note = ledger.checkpoint()
+    if as_json:
+        body = Checkpoint.parse_body(Note.parse(note).text)
+        print_json({"tree_size": body.size, "root": body.root, "note": note})
+    else:
+        sys.stdout.write(note)
+
+
+@app.command("verify-bundle")
+@guarded
+def verify_bundle_command(
+    path: Annotated[Path, typer.Argument(help="An evidence bundle (JSON).")],
+    key: Annotated[list[str], typer.Option("--key", help="A trusted verifier key (repeatable).")],
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """Check an evidence bundle offline, with nothing but a verifier key.
+
+    Example: consent-ledger verify-bundle evidence.json --key "$(cat ledger.vkey)"
+    """
+    try:
+        document = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"not JSON: {exc}", field=str(path)) from None
+    bundle = EvidenceBundle.from_json(document)
+    checkpoint_body = verify_bundle(bundle, [VerifierKey.parse(text) for text in key])
+    if as_json:
+        print_json(
+            {
+                "ok": True,
+                "tree_size": checkpoint_body.size,
+                "root": checkpoint_body.root,
+                "entries": [item.index for item in bundle.entries],
+            }
+        )
+        return
+    console.print(
+        f"[green]OK[/green]: {len(bundle.entries)} entries proven against the checkpoint "
+        f"of size {checkpoint_body.size} signed by {checkpoint_body.origin}"
+    )
+
+
+def run() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise SystemExit(130) from None
