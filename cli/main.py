@@ -11,6 +11,7 @@ import orjson
 import typer
 
 from cli import consent, keys, policy, proof, subject
+from cli.importer import import_command
 from cli.common import (
     JSON_OPTION,
     console,
@@ -39,6 +40,7 @@ app.add_typer(consent.app, name="consent")
 app.add_typer(keys.app, name="keys")
 app.add_typer(policy.app, name="policy")
 app.add_typer(proof.app, name="proof")
+app.command("import")(import_command)
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,7 @@ advisory lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,3 +89,27 @@ def read_session(engine: Engine) -> Iterator[Session]:
             # and the checkpoint it is checked against come from the same moment.
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         yield session
+
+
+def bulk_insert(
+    session: Session, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """INSERT many rows through the driver's executemany, in the session's transaction.
+
+    Appends write several rows per entry; SQLAlchemy's per-row parameter
+    processing would cost more than the hashing and signing, so the hot path
+    goes to the DBAPI directly (values are plain ints, strings, bools, bytes).
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(placeholder for _ in columns)})"
+    )
+    cursor = connection.connection.cursor()
+    try:
+        cursor.executemany(sql, rows)
+    finally:
+        cursor.close()

@@ -20,16 +20,14 @@ from sqlmodel import col
 
 from ledger import merkle
 from ledger.canonical import canonical_bytes, parse_canonical
+from ledger.db import bulk_insert
 from ledger.errors import InvalidInput, NotFound, NotInitialized
 from ledger.notes import Checkpoint, NoteSigner, sign_checkpoint
 from ledger.schema import (
     CheckpointRow,
-    ConsentDecision,
     LedgerState,
     LogEntryRow,
     MerkleNode,
-    PolicyVersion,
-    SubjectVersion,
 )
 
 ENTRY_VERSION = 1
@@ -89,7 +87,7 @@ class LogWriter:
     _tree: merkle.TreeBuilder
     _start: int
     _pending: list[LogEntry] = field(default_factory=list)
-    _nodes: list[dict[str, Any]] = field(default_factory=list)
+    _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
 
     @classmethod
     def open(cls, session: Session, *, actor: str, time: str) -> LogWriter:
@@ -126,7 +124,7 @@ class LogWriter:
         canonical = canonical_bytes(body)
         entry = LogEntry(seq=seq, canonical=canonical, body=body)
         for level, index, node in self._tree.append(merkle.leaf_hash(canonical)):
-            self._nodes.append({"level": level, "idx": index, "hash": node})
+            self._nodes.append((level, index, node))
         self._pending.append(entry)
         return entry
 
@@ -137,23 +135,26 @@ class LogWriter:
         if not self._pending:
             raise InvalidInput("nothing to append")
         session = self.session
-        session.execute(
-            insert(LogEntryRow),
+        bulk_insert(
+            session,
+            "log_entries",
+            ("seq", "kind", "subject", "canonical"),
             [
-                {
-                    "seq": entry.seq,
-                    "kind": entry.kind,
-                    "subject": entry.data.get("subject") if entry.kind in SUBJECT_KINDS else None,
-                    "canonical": entry.canonical,
-                }
+                (
+                    entry.seq,
+                    entry.kind,
+                    entry.data.get("subject") if entry.kind in SUBJECT_KINDS else None,
+                    entry.canonical,
+                )
                 for entry in self._pending
             ],
         )
-        session.execute(insert(MerkleNode), self._nodes)
+        bulk_insert(session, "merkle_nodes", ("level", "idx", "hash"), self._nodes)
         if project is not None:
             for table, rows in project(self._pending).items():
                 if rows:
-                    session.execute(insert(_TABLES[table]), rows)
+                    columns = tuple(rows[0])
+                    bulk_insert(session, table, columns, [tuple(row.values()) for row in rows])
         size = self._tree.size
         root = self._tree.root()
         note = sign_checkpoint(Checkpoint(self.origin, size, root), signers)
@@ -163,13 +164,6 @@ class LogWriter:
         self._pending = []
         self._nodes = []
         return sealed
-
-
-_TABLES: dict[str, Any] = {
-    "subject_versions": SubjectVersion,
-    "consent_decisions": ConsentDecision,
-    "policy_versions": PolicyVersion,
-}
 
 
 def create_log(

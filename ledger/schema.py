@@ -108,3 +108,12 @@ class PolicyVersion(SQLModel, table=True):
 
 
 APPEND_ONLY_TABLES = ("log_entries", "merkle_nodes", "checkpoints")
+
+
+class ImportProgress(SQLModel, table=True):
+    __tablename__ = "imports"
+
+    import_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    rows_done: int = Field(sa_column=Column(BigInteger, nullable=False))
+    entries_written: int = Field(sa_column=Column(BigInteger, nullable=False))
+    finished: bool = Field(default=False)

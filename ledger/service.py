@@ -11,6 +11,7 @@ import getpass
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +31,13 @@ from ledger.errors import (
     SigningKeyError,
 )
 from ledger.evidence import EvidenceBundle, EvidenceEntry
+from ledger.importer import (
+    DEFAULT_BATCH,
+    ImportContext,
+    ImportSummary,
+    RowError,
+    import_file,
+)
 from ledger.keys import KeyStore, SigningKey
 from ledger.log import LogEntry, LogWriter, SealedAppend
 from ledger.migrate import upgrade_schema
@@ -339,6 +347,33 @@ class ConsentLedger:
         sealed = self._write(actor, build)
         assert sealed is not None
         return sealed
+
+    def import_file(
+        self,
+        path: Path,
+        *,
+        actor: str,
+        batch_size: int = DEFAULT_BATCH,
+        skip_invalid: bool = False,
+        on_reject: Callable[[RowError], None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportSummary:
+        """Import a CSV/JSONL file of registrations and decisions (see `ledger.importer`)."""
+        context = ImportContext(
+            engine=self.engine,
+            policy=self.current_policy(),
+            signers=[self.signing_key()],
+            erasure_secret=self.keys.secret(ERASURE_SECRET),
+            actor=actor,
+        )
+        return import_file(
+            context,
+            path,
+            batch_size=batch_size,
+            skip_invalid=skip_invalid,
+            on_reject=on_reject,
+            progress=progress,
+        )
 
     # --- policy --------------------------------------------------------------------------
 

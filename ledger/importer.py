@@ -1,0 +1,497 @@
+"""Bulk import of subject registrations and consent decisions from CSV or JSONL.
+
+Two streaming passes over the file, in constant memory:
+1. validate every row (and compute the file's SHA-256, its import id); with
+   any bad row nothing is written, unless the caller chose to skip them;
+2. write the good rows in batches, one transaction and one checkpoint per
+   batch, recording in the same transaction how many rows are done.
+An interrupted import (Ctrl-C, SIGKILL) resumes after its last committed
+batch; importing a finished file again adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
+from ledger.db import bulk_insert, read_session, write_session
+from ledger.errors import InvalidInput
+from ledger.log import LogWriter, tree_size
+from ledger.notes import NoteSigner
+from ledger.policy import Policy
+from ledger.projection import Projector, SubjectRow
+from ledger.schema import ErasedSubject, ImportProgress, SubjectMapping, SubjectVersion
+from ledger.subjects import (
+    commitment,
+    erased_id_hash,
+    new_salt,
+    new_subject_ref,
+    validate_jurisdiction,
+    validate_subject_id,
+)
+from ledger.timestamps import format_timestamp, utc_now
+
+FIELDS = (
+    "subject_id",
+    "jurisdiction",
+    "minor",
+    "category",
+    "purpose",
+    "decision",
+    "explicit",
+    "effective",
+    "expires",
+    "method",
+    "notice",
+)
+# The spellings people actually use in exports, mapped onto ours.
+FIELD_ALIASES = {
+    "subject": "subject_id",
+    "subjectid": "subject_id",
+    "user_id": "subject_id",
+    "userid": "subject_id",
+    "user": "subject_id",
+    "id": "subject_id",
+    "country": "jurisdiction",
+    "is_minor": "minor",
+    "data_category": "category",
+    "consent": "decision",
+    "status": "decision",
+    "effective_at": "effective",
+    "expires_at": "expires",
+    "notice_version": "notice",
+}
+DECISION_ALIASES = {
+    "granted": "granted",
+    "grant": "granted",
+    "denied": "denied",
+    "deny": "denied",
+    "refused": "denied",
+    "withdrawn": "withdrawn",
+    "withdraw": "withdrawn",
+}
+_TRUE = {"true", "yes", "y", "1", "t"}
+_FALSE = {"false", "no", "n", "0", "f"}
+DEFAULT_METHOD = "import"
+DEFAULT_BATCH = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int
+    field: str | None
+    message: str
+    raw: dict[str, Any]
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f", {self.field}" if self.field else "")
+        return f"{where}: {self.message}"
+
+
+class ImportRejected(InvalidInput):
+    """The file has bad rows; nothing was written. `errors` names every one."""
+
+    def __init__(self, errors: list[RowError], total: int) -> None:
+        shown = "\n".join(str(error) for error in errors[:50])
+        more = f"\n… and {len(errors) - 50} more" if len(errors) > 50 else ""
+        super().__init__(
+            f"{len(errors)} of {total} rows are invalid; nothing was imported:\n{shown}{more}"
+        )
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRecord:
+    line: int
+    subject_id: str
+    jurisdiction: str | None
+    jurisdiction_given: bool
+    minor: bool | None
+    decision: DecisionRequest | None
+
+
+@dataclass
+class ImportSummary:
+    import_id: str
+    rows: int = 0
+    invalid: int = 0
+    imported_rows: int = 0
+    entries: int = 0
+    batches: int = 0
+    skipped_already_done: int = 0
+    already_imported: bool = False
+    tree_size: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "import_id": self.import_id,
+            "rows": self.rows,
+            "invalid": self.invalid,
+            "imported_rows": self.imported_rows,
+            "entries": self.entries,
+            "batches": self.batches,
+            "resumed_after_rows": self.skipped_already_done,
+            "already_imported": self.already_imported,
+            "tree_size": self.tree_size,
+        }
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    with path.open("rb") as handle:
+        head = handle.read(4096).lstrip()
+    return "jsonl" if head.startswith(b"{") else "csv"
+
+
+class _HashingReader:
+    """A text stream that hashes the bytes it reads: the import id costs no extra pass."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._handle:
+            self.digest.update(line)
+            yield line.decode("utf-8")
+
+
+def read_rows(path: Path, reader: _HashingReader) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row with normalised field names) for every data row."""
+    if detect_format(path) == "csv":
+        rows = csv.reader(reader)
+        header = next(rows, None)
+        if header is None:
+            return
+        names = [_field_name(name) for name in header]
+        for values in rows:
+            if not values:
+                continue
+            if len(values) != len(names):
+                yield (
+                    rows.line_num,
+                    {"__error__": f"has {len(values)} fields but the header has {len(names)}"},
+                )
+                continue
+            yield rows.line_num, dict(zip(names, values, strict=True))
+        return
+    for number, line in enumerate(reader, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield number, {"__error__": f"not valid JSON: {exc}"}
+            continue
+        if not isinstance(value, dict):
+            yield number, {"__error__": "each line must be a JSON object"}
+            continue
+        yield number, {_field_name(str(key)): item for key, item in value.items()}
+
+
+def _field_name(name: str | None) -> str:
+    key = (name or "").strip().lower().replace("-", "_").replace(" ", "_")
+    return FIELD_ALIASES.get(key, key)
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _boolean(value: Any, name: str) -> bool | None:
+    if _blank(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidInput(f"expected true or false, got {value!r}", field=name)
+
+
+def parse_record(line: int, raw: dict[str, Any], policy: Policy) -> ImportRecord:
+    """Validate one row; InvalidInput names the field. Defaults are filled in here."""
+    if "__error__" in raw:
+        raise InvalidInput(str(raw["__error__"]))
+    unknown = [name for name in raw if name not in FIELDS and not name.startswith("_")]
+    if unknown:
+        raise InvalidInput(f"unknown column(s) {', '.join(unknown)}", field=unknown[0])
+    subject_value = raw.get("subject_id")
+    if _blank(subject_value):
+        raise InvalidInput("is required", field="subject_id")
+    subject_id = validate_subject_id(str(subject_value).strip())
+    given = not _blank(raw.get("jurisdiction"))
+    jurisdiction = validate_jurisdiction(raw.get("jurisdiction")) if given else None
+    minor = _boolean(raw.get("minor"), "minor")
+    decision_value = raw.get("decision")
+    if _blank(decision_value):
+        for name in ("category", "explicit", "effective", "expires", "notice"):
+            if not _blank(raw.get(name)):
+                raise InvalidInput(f"{name} given without a decision", field="decision")
+        return ImportRecord(line, subject_id, jurisdiction, given, minor, None)
+    decision = DECISION_ALIASES.get(str(decision_value).strip().lower())
+    if decision is None:
+        raise InvalidInput(
+            f"must be granted, denied or withdrawn, got {decision_value!r}", field="decision"
+        )
+    if _blank(raw.get("category")):
+        raise InvalidInput("is required with a decision", field="category")
+    request = DecisionRequest(
+        category=str(raw["category"]).strip(),
+        decision=decision,
+        purpose=DEFAULT_PURPOSE if _blank(raw.get("purpose")) else str(raw["purpose"]).strip(),
+        explicit=_boolean(raw.get("explicit"), "explicit") or False,
+        method=DEFAULT_METHOD if _blank(raw.get("method")) else str(raw["method"]).strip(),
+        notice=None if _blank(raw.get("notice")) else str(raw["notice"]),
+        effective=None if _blank(raw.get("effective")) else str(raw["effective"]).strip(),
+        expires=None if _blank(raw.get("expires")) else str(raw["expires"]).strip(),
+    )
+    # Validate now (with a provisional "now"); the write pass fills in its own time.
+    validate_decision(request, policy, now="1970-01-01T00:00:00.000000Z", field="row")
+    return ImportRecord(line, subject_id, jurisdiction, given, minor, request)
+
+
+# --- the import --------------------------------------------------------------------------
+
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImportContext:
+    """What an import needs from the ledger: its database, policy, keys and actor."""
+
+    engine: Engine
+    policy: Policy
+    signers: Sequence[NoteSigner]
+    erasure_secret: bytes
+    actor: str
+
+
+def import_file(
+    context: ImportContext,
+    path: Path,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    skip_invalid: bool = False,
+    on_reject: Callable[[RowError], None] | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    if batch_size < 1:
+        raise InvalidInput("must be at least 1", field="batch_size")
+    # 1. Validate everything, hashing the file as it streams by.
+    errors: list[RowError] = []
+    total = 0
+    ids_to_check: list[tuple[int, str, dict[str, Any]]] = []
+    with path.open("rb") as handle:
+        reader = _HashingReader(handle)
+        for line, raw in read_rows(path, reader):
+            total += 1
+            try:
+                record = parse_record(line, raw, context.policy)
+            except InvalidInput as exc:
+                errors.append(RowError(line, exc.field, str(exc.args[0]), raw))
+                continue
+            ids_to_check.append((line, record.subject_id, raw))
+            if len(ids_to_check) >= batch_size:
+                errors.extend(_erased_rows(context, ids_to_check))
+                ids_to_check = []
+        errors.extend(_erased_rows(context, ids_to_check))
+        import_id = reader.digest.hexdigest()
+    errors.sort(key=lambda error: error.line)
+    summary = ImportSummary(import_id=import_id, rows=total, invalid=len(errors))
+    if errors and not skip_invalid:
+        raise ImportRejected(errors, total)
+    if on_reject is not None:
+        for error in errors:
+            on_reject(error)
+    summary.errors = errors
+    bad_lines = {error.line for error in errors}
+
+    # 2. Write, resuming after the last committed batch of an earlier attempt.
+    with read_session(context.engine) as session:
+        done = session.get(ImportProgress, import_id)
+    if done is not None and done.finished:
+        summary.already_imported = True
+        with read_session(context.engine) as session:
+            summary.tree_size = tree_size(session)
+        return summary
+    skip = done.rows_done if done is not None else 0
+    summary.skipped_already_done = skip
+    batch: list[ImportRecord] = []
+    position = 0
+    with path.open("rb") as handle:
+        for line, raw in read_rows(path, _HashingReader(handle)):
+            position += 1
+            if position <= skip:
+                continue
+            if line not in bad_lines:
+                batch.append(parse_record(line, raw, context.policy))
+            if len(batch) >= batch_size:
+                _write_batch(context, import_id, batch, position, summary, finished=False)
+                batch = []
+                if progress:
+                    progress(position)
+    _write_batch(context, import_id, batch, position, summary, finished=True)
+    if progress:
+        progress(position)
+    return summary
+
+
+def _erased_rows(
+    context: ImportContext, rows: list[tuple[int, str, dict[str, Any]]]
+) -> list[RowError]:
+    if not rows:
+        return []
+    by_hash: dict[bytes, list[tuple[int, dict[str, Any]]]] = {}
+    for line, subject_id, raw in rows:
+        by_hash.setdefault(erased_id_hash(context.erasure_secret, subject_id), []).append(
+            (line, raw)
+        )
+    errors = []
+    with read_session(context.engine) as session:
+        for chunk in _chunks(list(by_hash)):
+            for (id_hash,) in session.execute(
+                select(col(ErasedSubject.id_hash)).where(col(ErasedSubject.id_hash).in_(chunk))
+            ):
+                for line, raw in by_hash[id_hash]:
+                    errors.append(RowError(line, "subject_id", "this subject was erased", raw))
+    return errors
+
+
+def _write_batch(
+    context: ImportContext,
+    import_id: str,
+    batch: list[ImportRecord],
+    rows_done: int,
+    summary: ImportSummary,
+    *,
+    finished: bool,
+) -> None:
+    with write_session(context.engine) as session:
+        if batch:
+            writer = LogWriter.open(session, actor=context.actor, time=_now())
+            mappings, latest = _load_batch_subjects(session, batch)
+            projector = Projector(dict(latest).get)
+            new_mappings: list[tuple[str, str, bytes]] = []
+            for record in batch:
+                _append_record(writer, record, mappings, latest, new_mappings, context.policy)
+            bulk_insert(session, "subjects", ("subject_id", "ref", "salt"), new_mappings)
+            if writer.pending:
+                sealed = writer.seal(context.signers, projector.project)
+                summary.entries += len(sealed.entries)
+                summary.batches += 1
+            summary.imported_rows += len(batch)
+        progress_row = session.get(ImportProgress, import_id)
+        values = {
+            "rows_done": rows_done,
+            "entries_written": summary.entries,
+            "finished": finished,
+        }
+        if progress_row is None:
+            session.execute(insert(ImportProgress).values(import_id=import_id, **values))
+        else:
+            session.execute(
+                update(ImportProgress)
+                .where(col(ImportProgress.import_id) == import_id)
+                .values(**values)
+            )
+        summary.tree_size = tree_size(session)
+
+
+def _load_batch_subjects(
+    session: Session, batch: list[ImportRecord]
+) -> tuple[dict[str, str], dict[str, SubjectRow]]:
+    ids = list({record.subject_id for record in batch})
+    mappings: dict[str, str] = {}
+    for chunk in _chunks(ids):
+        for subject_id, ref in session.execute(
+            select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
+                col(SubjectMapping.subject_id).in_(chunk)
+            )
+        ).tuples():
+            mappings[subject_id] = ref
+    latest: dict[str, SubjectRow] = {}
+    for chunk in _chunks(list(mappings.values())):
+        for row in session.execute(
+            select(SubjectVersion.__table__).where(  # type: ignore[attr-defined]
+                col(SubjectVersion.ref).in_(chunk)
+            )
+        ).mappings():
+            current = latest.get(row["ref"])
+            if current is None or row["seq"] > current["seq"]:
+                latest[row["ref"]] = dict(row)
+    return mappings, latest
+
+
+def _append_record(
+    writer: LogWriter,
+    record: ImportRecord,
+    mappings: dict[str, str],
+    latest: dict[str, SubjectRow],
+    new_mappings: list[tuple[str, str, bytes]],
+    policy: Policy,
+) -> None:
+    ref = mappings.get(record.subject_id)
+    if ref is None:
+        ref, salt = new_subject_ref(), new_salt()
+        mappings[record.subject_id] = ref
+        new_mappings.append((record.subject_id, ref, salt))
+        entry = writer.append(
+            "subject.registered",
+            {
+                "subject": ref,
+                "commitment": commitment(salt, record.subject_id),
+                "jurisdiction": record.jurisdiction,
+                "minor": bool(record.minor),
+            },
+        )
+        latest[ref] = {
+            "ref": ref,
+            "seq": entry.seq,
+            "jurisdiction": record.jurisdiction,
+            "minor": bool(record.minor),
+            "erased": False,
+        }
+    elif record.decision is None:
+        current = latest[ref]
+        changed: dict[str, Any] = {}
+        if record.jurisdiction_given and record.jurisdiction != current["jurisdiction"]:
+            changed["jurisdiction"] = record.jurisdiction
+        if record.minor is not None and record.minor != current["minor"]:
+            changed["minor"] = record.minor
+        if changed:
+            entry = writer.append("subject.updated", {"subject": ref, **changed})
+            latest[ref] = {**current, **changed, "seq": entry.seq}
+    if record.decision is not None:
+        data = validate_decision(record.decision, policy, now=writer.time, field="row")
+        writer.append("consent.recorded", {"subject": ref, **data})
+
+
+def _chunks(items: list[Any], size: int = 900) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _now() -> str:
+    return format_timestamp(utc_now())
