@@ -39,7 +39,6 @@ from ledger.subjects import (
     validate_jurisdiction,
     validate_subject_id,
 )
-from ledger.timestamps import format_timestamp, utc_now
 
 FIELDS = (
     "subject_id",
@@ -390,7 +389,7 @@ def _write_batch(
 ) -> None:
     with write_session(context.engine) as session:
         if batch:
-            writer = LogWriter.open(session, actor=context.actor, time=_now())
+            writer = LogWriter.open(session, actor=context.actor)
             mappings, latest = _load_batch_subjects(session, batch)
             projector = Projector(dict(latest).get)
             new_mappings: list[tuple[str, str, bytes]] = []
@@ -429,7 +428,7 @@ def _load_batch_subjects(
             select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
                 col(SubjectMapping.subject_id).in_(chunk)
             )
-        ).tuples():
+        ):
             mappings[subject_id] = ref
     latest: dict[str, SubjectRow] = {}
     for chunk in _chunks(list(mappings.values())):
@@ -491,7 +490,3 @@ def _append_record(
 def _chunks(items: list[Any], size: int = 900) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _now() -> str:
-    return format_timestamp(utc_now())

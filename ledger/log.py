@@ -29,6 +29,7 @@ from ledger.schema import (
     LogEntryRow,
     MerkleNode,
 )
+from ledger.timestamps import format_timestamp, utc_now
 
 ENTRY_VERSION = 1
 
@@ -90,7 +91,7 @@ class LogWriter:
     _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, session: Session, *, actor: str, time: str) -> LogWriter:
+    def open(cls, session: Session, *, actor: str) -> LogWriter:
         """Read the committed head. The caller holds the write lock (`write_session`)."""
         state = session.get(LedgerState, 1)
         if state is None:
@@ -99,6 +100,8 @@ class LogWriter:
         frontier_keys = merkle.root_node_keys(size)
         stored = DbNodeReader(session).read_nodes(frontier_keys)
         tree = merkle.TreeBuilder(size, [stored[key] for key in frontier_keys])
+        # Taken only now, under the lock: entry times never go backwards along seq.
+        time = format_timestamp(utc_now())
         return cls(
             session=session, origin=state.origin, actor=actor, time=time, _tree=tree, _start=size
         )
@@ -171,14 +174,13 @@ def create_log(
     *,
     origin: str,
     actor: str,
-    time: str,
     genesis: Callable[[LogWriter], None],
     signers: Sequence[NoteSigner],
     project: ProjectionHook | None = None,
 ) -> SealedAppend:
     """Start a new, empty log and append its first entries in the same transaction."""
     session.execute(insert(LedgerState).values(id=1, origin=origin, tree_size=0))
-    writer = LogWriter.open(session, actor=actor, time=time)
+    writer = LogWriter.open(session, actor=actor)
     genesis(writer)
     return writer.seal(signers, project)
 

@@ -184,7 +184,6 @@ class ConsentLedger:
                 session,
                 origin=origin,
                 actor=actor or cli_actor(),
-                time=_now(),
                 genesis=genesis,
                 signers=[key],
                 project=Projector().project,
@@ -251,7 +250,7 @@ class ConsentLedger:
     ) -> SealedAppend | None:
         signer = self.signing_key()
         with write_session(self.engine) as session:
-            writer = LogWriter.open(session, actor=actor, time=_now())
+            writer = LogWriter.open(session, actor=actor)
             build(writer, session)
             if not writer.pending:
                 return None
@@ -492,7 +491,7 @@ class ConsentLedger:
                 select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
                     col(SubjectMapping.subject_id).in_(chunk)
                 )
-            ).tuples():
+            ):
                 ref_of[subject_id] = ref
         id_of = {ref: subject_id for subject_id, ref in ref_of.items()}
         states: dict[str, SubjectState] = {}
@@ -640,7 +639,7 @@ class ConsentLedger:
                 select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
                 .where(col(LogEntryRow.subject) == mapping.ref)
                 .order_by(col(LogEntryRow.seq))
-            ).tuples()
+            )
             entries = [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
             return self._bundle(session, entries, checkpoint.tree_size, checkpoint.note)
 

@@ -367,7 +367,7 @@ class _Verifier:
                 select(col(MerkleNode.idx), col(MerkleNode.hash))
                 .where(col(MerkleNode.level) == level)
                 .order_by(col(MerkleNode.idx))
-            ).tuples():
+            ):
                 where = f"merkle node {level}/{index}"
                 if index != expected_index or index >= count:
                     raise VerificationError(
@@ -427,7 +427,7 @@ class _Verifier:
                 LogEntryRow,
                 col(LogEntryRow.seq) == col(ErasedSubject.seq),
             )
-        ).tuples():
+        ):
             if kind != "subject.erased":
                 raise VerificationError(
                     "an erasure record points at an entry that is not subject.erased",

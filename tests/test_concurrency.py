@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from ledger.canonical import parse_canonical
@@ -450,26 +451,17 @@ def test_same_subject_from_many_processes(
 
 # --- 5. the entry's time is taken under the lock -------------------------------------------
 
+HOLD = 1.0  # seconds the lock is held after the writer's last step before it
+
 
 def test_entry_time_is_taken_after_the_write_lock(
-    request: pytest.FixtureRequest,
-    ledger: ConsentLedger,
-    settings: Settings,
-    tmp_path: Path,
-    children: list[Child],
+    ledger: ConsentLedger, settings: Settings, tmp_path: Path, children: list[Child]
 ) -> None:
     """§2.1 `time` is when the entry was appended: a writer that waited for the lock
     must not stamp its entry with the moment it started waiting, or `time` runs
     backwards along the log and a default `effective` ranks a later decision
-    before an earlier one."""
-    if ledger.engine.dialect.name == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="BUG: on SQLite `_write` evaluates `_now()` before the lazily "
-                "begun session emits BEGIN IMMEDIATE, so the entry time predates the lock",
-                strict=True,
-            )
-        )
+    before an earlier one. (Found on SQLite, where the time was taken before the
+    lazily begun session emitted BEGIN IMMEDIATE.)"""
     deadline = time.monotonic() + WAIT
     child = spawn(settings, tmp_path, 0, 1, "--mode", "one", "--subject", "late-writer")
     children.append(child)
@@ -478,10 +470,26 @@ def test_entry_time_is_taken_after_the_write_lock(
         session.execute(text("SELECT 1"))  # holds the ledger's write lock from here
         child.go()
         child.wait_for("calling", deadline)
-        time.sleep(0.5)  # the child is now blocked on the lock
+        # The writer's warm-up write is done, so it reaches the lock within
+        # milliseconds; PostgreSQL even shows it queued for the advisory lock.
+        until = time.monotonic() + HOLD
+        while time.monotonic() < until and not lock_waiter(session):
+            time.sleep(0.02)
+        time.sleep(0.1)
         released = format_timestamp(utc_now())
-    (ack,) = child.finish(deadline)
+    *_, ack = child.finish(deadline)
     entry = parse_canonical(base64.b64decode(ack["entries"][0][1]))
+    assert (ack["op"], entry["actor"]) == ("register", "one-0")
     assert entry["time"] >= released, (
         f"entry {entry['seq']} is stamped {entry['time']}, before the lock was free at {released}"
     )
+
+
+def lock_waiter(session: Session) -> bool:
+    """On PostgreSQL: someone is queued for an advisory lock (on SQLite: unknowable)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    waiting = session.execute(
+        text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    ).scalar_one()
+    return bool(waiting)

@@ -15,7 +15,8 @@ Modes:
   loop   appends as fast as it can (for SIGKILL tests); COUNT may be huge
   same   record_consents for one --subject, with tied and past `effective`
          values and expired decisions
-  one    one register_subject of --subject; prints {"calling": true} first
+  one    a warm-up write before the ready line (everything lazy loaded, files and
+         connections made), then {"calling": true} and one register_subject of --subject
 
 The step functions are importable so that a thread test runs the same writes.
 """
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ledger = ConsentLedger(Settings(home=args.home, database_url=args.database_url))
     ledger.signing_key()  # load and check the key before the start line
+    if args.mode == "one":
+        warm = ledger.register_subject(f"{args.subject}-warm-up", actor="warm-up")
+        _emit(ack(args.worker, -1, "warm-up", warm))
     _emit({"ready": True, "w": args.worker})
     sys.stdin.readline()
     try:
