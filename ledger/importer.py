@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -282,7 +282,8 @@ class ImportContext:
 
     engine: Engine
     policy: Policy
-    signers: Sequence[NoteSigner]
+    # The signer for the key the log expects now (it may have been rotated).
+    signer_for: Callable[[str], NoteSigner]
     erasure_secret: bytes
     actor: str
 
@@ -397,7 +398,8 @@ def _write_batch(
                 _append_record(writer, record, mappings, latest, new_mappings, context.policy)
             bulk_insert(session, "subjects", ("subject_id", "ref", "salt"), new_mappings)
             if writer.pending:
-                sealed = writer.seal(context.signers, projector.project)
+                signer = context.signer_for(writer.verifier_key)
+                sealed = writer.seal([signer], projector.project)
                 summary.entries += len(sealed.entries)
                 summary.batches += 1
             summary.imported_rows += len(batch)

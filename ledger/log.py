@@ -21,7 +21,7 @@ from sqlmodel import col
 from ledger import merkle
 from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.db import bulk_insert
-from ledger.errors import InvalidInput, NotFound, NotInitialized
+from ledger.errors import InvalidInput, NotFound, NotInitialized, SigningKeyError
 from ledger.notes import Checkpoint, NoteSigner, sign_checkpoint
 from ledger.schema import (
     CheckpointRow,
@@ -85,6 +85,8 @@ class LogWriter:
     origin: str
     actor: str
     time: str
+    # The key this append must be signed with (the last one announced).
+    verifier_key: str
     _tree: merkle.TreeBuilder
     _start: int
     _pending: list[LogEntry] = field(default_factory=list)
@@ -103,7 +105,13 @@ class LogWriter:
         # Taken only now, under the lock: entry times never go backwards along seq.
         time = format_timestamp(utc_now())
         return cls(
-            session=session, origin=state.origin, actor=actor, time=time, _tree=tree, _start=size
+            session=session,
+            origin=state.origin,
+            actor=actor,
+            time=time,
+            verifier_key=state.verifier_key,
+            _tree=tree,
+            _start=size,
         )
 
     @property
@@ -137,6 +145,11 @@ class LogWriter:
         """Write everything appended so far and the checkpoint that covers it."""
         if not self._pending:
             raise InvalidInput("nothing to append")
+        if str(signers[0].verifier_key) != self.verifier_key:
+            raise SigningKeyError(
+                f"refusing to sign with {signers[0].verifier_key}: the log's current key is "
+                f"{self.verifier_key}"
+            )
         session = self.session
         bulk_insert(
             session,
@@ -179,7 +192,11 @@ def create_log(
     project: ProjectionHook | None = None,
 ) -> SealedAppend:
     """Start a new, empty log and append its first entries in the same transaction."""
-    session.execute(insert(LedgerState).values(id=1, origin=origin, tree_size=0))
+    session.execute(
+        insert(LedgerState).values(
+            id=1, origin=origin, tree_size=0, verifier_key=str(signers[0].verifier_key)
+        )
+    )
     writer = LogWriter.open(session, actor=actor)
     genesis(writer)
     return writer.seal(signers, project)
@@ -287,3 +304,17 @@ def checkpoint_note_at_or_after(session: Session, size: int) -> str:
     if note is None:
         raise NotFound(f"no checkpoint covers tree size {size}")
     return note
+
+
+def set_verifier_key(session: Session, verifier_key: str) -> None:
+    """Record the key that signs from the next append on (in the rotation's transaction)."""
+    session.execute(
+        update(LedgerState).where(col(LedgerState.id) == 1).values(verifier_key=verifier_key)
+    )
+
+
+def current_verifier_key(session: Session) -> str:
+    state = session.get(LedgerState, 1)
+    if state is None:
+        raise NotInitialized("no ledger in this database: run `consent-ledger init`")
+    return state.verifier_key

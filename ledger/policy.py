@@ -49,6 +49,8 @@ UNKNOWN_REGIME: Final = "unknown"
 RESERVED_REGIMES: Final = (DEFAULT_REGIME, UNKNOWN_REGIME)
 
 _SEGMENT = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+# Matches the width of the category/purpose columns in the schema.
+MAX_NAME_LENGTH: Final = 128
 _NAME_RE: Final = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
 _SEGMENT_RE: Final = re.compile(_SEGMENT)
 # Keys that can follow a dot in a field path without quoting.
@@ -412,6 +414,11 @@ def _parse_taxonomy(value: Any, field: str) -> dict[str, TaxonomyNode]:
     nodes: dict[str, TaxonomyNode] = {}
     for name, raw in table.items():
         at = _path(field, name)
+        if len(name) > MAX_NAME_LENGTH:
+            raise PolicyError(
+                f"{kind} name is {len(name)} characters; at most {MAX_NAME_LENGTH} are allowed",
+                field=at,
+            )
         if not _NAME_RE.fullmatch(name):
             raise PolicyError(
                 f"invalid {kind} name {name!r}: expected dot-separated lowercase segments "

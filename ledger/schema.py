@@ -26,6 +26,7 @@ class LedgerState(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     origin: str = Field(sa_column=Column(String(255), nullable=False))
     tree_size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    verifier_key: str = Field(sa_column=Column(String(512), nullable=False))
 
 
 class LogEntryRow(SQLModel, table=True):
@@ -117,3 +118,26 @@ class ImportProgress(SQLModel, table=True):
     rows_done: int = Field(sa_column=Column(BigInteger, nullable=False))
     entries_written: int = Field(sa_column=Column(BigInteger, nullable=False))
     finished: bool = Field(default=False)
+
+
+class ApiClient(SQLModel, table=True):
+    __tablename__ = "api_clients"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    key_id: str = Field(sa_column=Column(String(32), nullable=False, unique=True))
+    key_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    scopes: str = Field(sa_column=Column(String(128), nullable=False))
+    created: str = Field(sa_column=Column(String(32), nullable=False))
+    revoked: str | None = Field(default=None, sa_column=Column(String(32)))
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_keys"
+
+    client: str = Field(sa_column=Column(String(64), primary_key=True))
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    request_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    first_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    count: int = Field(sa_column=Column(BigInteger, nullable=False))
+    tree_size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created: str = Field(sa_column=Column(String(32), nullable=False))

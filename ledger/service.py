@@ -47,6 +47,7 @@ from ledger.projection import Projector, SubjectRow
 from ledger.schema import (
     ConsentDecision,
     ErasedSubject,
+    IdempotencyRecord,
     LedgerState,
     LogEntryRow,
     PolicyVersion,
@@ -202,7 +203,11 @@ class ConsentLedger:
         if self._signing_key is not None:
             return self._signing_key
         with read_session(self.engine) as session:
-            expected = _latest_verifier_key(session)
+            expected = log.current_verifier_key(session)
+        return self._load_signing_key(expected)
+
+    def _load_signing_key(self, expected: str) -> SigningKey:
+        self._signing_key = None
         staged = self.keys.staged()
         if staged is not None:
             # Finish (or forget) a rotation or init that stopped between the
@@ -222,16 +227,22 @@ class ConsentLedger:
 
     def verifier_key(self) -> str:
         with read_session(self.engine) as session:
-            return _latest_verifier_key(session)
+            return log.current_verifier_key(session)
+
+    def _signer_for(self, expected: str) -> SigningKey:
+        signer = self.signing_key()
+        if str(signer.verifier_key) != expected:
+            signer = self._load_signing_key(expected)
+        return signer
 
     def rotate_key(self, *, actor: str) -> SealedAppend:
         """Announce a new key; the checkpoint covering it is signed by old and new."""
-        old = self.signing_key()
-        new = self.keys.stage(old.name)
+        new = self.keys.stage(self.signing_key().name)
 
-        def build(writer: LogWriter, _session: Session) -> None:
+        def build(writer: LogWriter, session: Session) -> None:
             writer.append("key.added", {"verifier_key": str(new.verifier_key)})
-            writer.append("key.retired", {"verifier_key": str(old.verifier_key)})
+            writer.append("key.retired", {"verifier_key": writer.verifier_key})
+            log.set_verifier_key(session, str(new.verifier_key))
 
         sealed = self._write(actor, build, extra_signers=[new])
         assert sealed is not None
@@ -251,6 +262,9 @@ class ConsentLedger:
         signer = self.signing_key()
         with write_session(self.engine) as session:
             writer = LogWriter.open(session, actor=actor)
+            if str(signer.verifier_key) != writer.verifier_key:
+                # Another process rotated the key since we loaded ours.
+                signer = self._load_signing_key(writer.verifier_key)
             build(writer, session)
             if not writer.pending:
                 return None
@@ -283,28 +297,58 @@ class ConsentLedger:
         return self._write(actor, build)
 
     def record_consents(
-        self, subject_id: str, decisions: Sequence[DecisionRequest], *, actor: str
+        self,
+        subject_id: str,
+        decisions: Sequence[DecisionRequest],
+        *,
+        actor: str,
+        idempotency: IdempotencyKey | None = None,
     ) -> SealedAppend:
-        """Record one or more decisions for a registered subject, all or none."""
+        """Record one or more decisions for a registered subject, all or none.
+
+        With an idempotency key, a retry with the same key and request returns
+        the first write's result and appends nothing; the same key with a
+        different request is refused.
+        """
         subject_id = validate_subject_id(subject_id)
         if not decisions:
             raise InvalidInput("at least one decision is required", field="decisions")
         erasure_secret = self.keys.secret(ERASURE_SECRET)
+        replayed: list[SealedAppend] = []
 
         def build(writer: LogWriter, session: Session) -> None:
+            if idempotency is not None:
+                earlier = _earlier_write(session, idempotency)
+                if earlier is not None:
+                    replayed.append(earlier)
+                    return
             mapping = session.get(SubjectMapping, subject_id)
             if mapping is None:
                 _refuse_unknown_subject(session, subject_id, erasure_secret)
                 raise AssertionError("unreachable")
             policy = self._current_policy(session)
+            first = writer.next_seq
             for position, request in enumerate(decisions):
                 data = validate_decision(
                     request, policy, now=writer.time, field=f"decisions[{position}]"
                 )
                 writer.append("consent.recorded", {"subject": mapping.ref, **data})
+            if idempotency is not None:
+                session.add(
+                    IdempotencyRecord(
+                        client=idempotency.client,
+                        key=idempotency.key,
+                        request_hash=idempotency.request_hash,
+                        first_seq=first,
+                        count=len(decisions),
+                        tree_size=writer.next_seq,
+                        created=writer.time,
+                    )
+                )
 
         sealed = self._write(actor, build)
-        assert sealed is not None
+        if sealed is None:
+            return replayed[0]
         return sealed
 
     def erase_subject(self, subject_id: str, *, actor: str) -> SealedAppend:
@@ -361,7 +405,7 @@ class ConsentLedger:
         context = ImportContext(
             engine=self.engine,
             policy=self.current_policy(),
-            signers=[self.signing_key()],
+            signer_for=self._signer_for,
             erasure_secret=self.keys.secret(ERASURE_SECRET),
             actor=actor,
         )
@@ -685,6 +729,32 @@ class ConsentLedger:
         with read_session(self.engine) as session:
             proof = log.consistency_proof(session, old_size, new_size)
         return {"old_size": old_size, "new_size": new_size, "hashes": proof}
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's `Idempotency-Key` and a hash of the request it came with."""
+
+    client: str
+    key: str
+    request_hash: bytes
+
+
+def _earlier_write(session: Session, idempotency: IdempotencyKey) -> SealedAppend | None:
+    record = session.get(IdempotencyRecord, (idempotency.client, idempotency.key))
+    if record is None:
+        return None
+    if record.request_hash != idempotency.request_hash:
+        raise InvalidInput(
+            "this Idempotency-Key was already used with a different request",
+            field="Idempotency-Key",
+        )
+    entries = log.read_entries(session, record.first_seq, record.count)
+    return SealedAppend(
+        entries=tuple(entries),
+        tree_size=record.tree_size,
+        checkpoint=log.checkpoint_at(session, record.tree_size).note,
+    )
 
 
 # --- helpers shared by the writes --------------------------------------------------------

@@ -128,6 +128,8 @@ class _Verifier:
         self.every_key: dict[str, VerifierKey] = {}
         self.roots_wanted: dict[int, bytes | None] = {}
         self.checkpoints_seen = 0
+        self.latest_key = ""
+        self.erasures: set[int] = set()
 
     def run(self) -> VerifyReport:
         state = self.session.get(LedgerState, 1)
@@ -168,6 +170,7 @@ class _Verifier:
                 f"{size} entries: entries were deleted or the log was truncated",
                 subject=f"checkpoint {pending_checkpoint.tree_size}",
             )
+        self._check_no_rows_beyond(size)
         self._check_nodes()
         subjects = self._check_subjects()
         self._check_head(state, size)
@@ -260,8 +263,11 @@ class _Verifier:
                 )
             self.announced[text] = key
             self.every_key[text] = key
+            self.latest_key = text
         elif entry.kind == "key.retired":
             self.retired.add(entry.data["verifier_key"])
+        elif entry.kind == "subject.erased":
+            self.erasures.add(entry.seq)
 
     # 2. checkpoints ------------------------------------------------------------------------
 
@@ -355,6 +361,18 @@ class _Verifier:
             rows[row["seq"]] = dict(row)
         return rows
 
+    def _check_no_rows_beyond(self, size: int) -> None:
+        for model in (SubjectVersion, ConsentDecision, PolicyVersion):
+            table = model.__table__  # type: ignore[union-attr]
+            seq = self.conn.execute(
+                select(table.c.seq).where((table.c.seq >= size) | (table.c.seq < 0)).limit(1)
+            ).scalar()
+            if seq is not None:
+                raise VerificationError(
+                    f"{table.name} has a row for entry {seq}, which the log does not hold",
+                    subject=f"entry {seq}",
+                )
+
     # 4. tree nodes -------------------------------------------------------------------------
 
     def _check_nodes(self) -> None:
@@ -422,6 +440,17 @@ class _Verifier:
                     subject=where,
                 )
             count += 1
+        for ref, seq in self.conn.execute(
+            select(col(SubjectMapping.ref), col(LogEntryRow.seq))
+            .join(LogEntryRow, col(LogEntryRow.subject) == col(SubjectMapping.ref))
+            .where(col(LogEntryRow.kind) == "subject.erased")
+            .limit(1)
+        ):
+            raise VerificationError(
+                f"has a mapping row although entry {seq} erased it: the link to the person "
+                "was restored",
+                subject=f"subject {ref}",
+            )
         for seq, kind in self.conn.execute(
             select(col(ErasedSubject.seq), col(LogEntryRow.kind)).outerjoin(
                 LogEntryRow,
@@ -433,6 +462,13 @@ class _Verifier:
                     "an erasure record points at an entry that is not subject.erased",
                     subject=f"entry {seq}",
                 )
+        recorded = {seq for (seq,) in self.conn.execute(select(col(ErasedSubject.seq)))}
+        missing = sorted(self.erasures - recorded)
+        if missing:
+            raise VerificationError(
+                "has no erasure record: the erased id would no longer answer `erased`",
+                subject=f"entry {missing[0]}",
+            )
         return count
 
     # 6. head -------------------------------------------------------------------------------
@@ -446,6 +482,12 @@ class _Verifier:
         if state.tree_size != size:
             raise VerificationError(
                 f"ledger state says {state.tree_size} entries, the log holds {size}",
+                subject="ledger",
+            )
+        if state.verifier_key != self.latest_key:
+            raise VerificationError(
+                f"ledger state names signing key {state.verifier_key!r}, but the last key "
+                f"the log announced is {self.latest_key!r}",
                 subject="ledger",
             )
         if size and self._previous_checkpoint_size != size:

@@ -615,18 +615,8 @@ def test_publishing_a_policy_that_is_not_newer_is_a_conflict(
 
 
 def test_a_policy_name_too_long_for_the_schema_behaves_the_same_on_both_engines(
-    ledger: ConsentLedger, request: pytest.FixtureRequest
+    ledger: ConsentLedger,
 ) -> None:
-    if ledger.engine.dialect.name == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="BUG: ledger/policy.py accepts category/purpose names of any length but "
-                "consent_decisions.category/purpose are VARCHAR(128) (ledger/schema.py, "
-                "0001_initial.py): on PostgreSQL recording a decision raises "
-                "sqlalchemy DataError (a 500), on SQLite it succeeds",
-                strict=True,
-            )
-        )
     long_name = "c" * 150
     document = default_policy().to_document()
     document["version"] = 2
@@ -706,14 +696,6 @@ def test_rotations_chain_and_survive_reopening_the_ledger(ledger: ConsentLedger)
     assert report.entries == sealed.tree_size
 
 
-@pytest.mark.xfail(
-    reason="BUG: ledger/service.py ConsentLedger._write (and signing_key) signs with the "
-    "key cached in self._signing_key without checking it against the log's latest "
-    "key.added under the write lock; after another instance (API worker, CLI) rotates "
-    "the key, this instance appends a checkpoint signed by the retired key, and the "
-    "append-only log fails verify forever",
-    strict=True,
-)
 def test_writes_after_another_instance_rotated_the_key_are_signed_by_the_new_key(
     ledger: ConsentLedger,
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -59,10 +59,10 @@ class History:
     """A ledger that has seen every kind of entry, and the seqs worth tampering with."""
 
     ledger: ConsentLedger
-    old_key: SigningKey
-    seq: dict[str, int] = field(default_factory=dict)
-    refs: dict[str, str] = field(default_factory=dict)
-    carol_mapping: tuple[str, str, bytes] = ("", "", b"")
+    old_key: SigningKey  # the genesis key, retired by the rotation
+    seq: dict[str, int]
+    refs: dict[str, str]
+    carol_mapping: tuple[str, str, bytes]  # (subject_id, ref, salt) from before her erasure
 
     @property
     def engine(self) -> Engine:
@@ -432,12 +432,6 @@ def test_truncation_is_caught_by_a_checkpoint_saved_elsewhere(history: History) 
         verify_ledger(history.engine, external_checkpoints=[saved])
 
 
-@pytest.mark.xfail(
-    reason="BUG: ledger/verify.py _compare_projection/_rows only compare projection rows whose "
-    "seq lies in the chunk being replayed (0..n-1); rows with seq >= n (left by a truncation, "
-    "or planted to take effect once the log grows) are never examined, so verify passes",
-    strict=True,
-)
 @pytest.mark.parametrize("table", ["consent_decisions", "subject_versions"])
 def test_projection_rows_beyond_the_end_of_the_log_fail(history: History, table: str) -> None:
     kept = history.seq["alice_withdrawn"]
@@ -707,12 +701,6 @@ def test_an_erasure_record_pointing_elsewhere_is_named(history: History) -> None
         verify_ledger(history.engine)
 
 
-@pytest.mark.xfail(
-    reason="BUG: ledger/verify.py _check_subjects accepts a mapping row whose ref has a "
-    "subject.erased entry: re-inserting an erased subject's (id, ref, salt) re-links the log "
-    "to the person (SPEC §3.1) and verify still passes",
-    strict=True,
-)
 def test_a_mapping_restored_after_erasure_fails(history: History) -> None:
     subject_id, ref, salt = history.carol_mapping
     tamper(
@@ -725,12 +713,6 @@ def test_a_mapping_restored_after_erasure_fails(history: History) -> None:
         verify_ledger(history.engine)
 
 
-@pytest.mark.xfail(
-    reason="BUG: ledger/verify.py _check_subjects only checks that each erased_subjects row "
-    "points at a subject.erased entry, not that each subject.erased entry has its row; "
-    "deleting the row silently un-erases the id (it may be registered again) and verify passes",
-    strict=True,
-)
 def test_a_deleted_erasure_record_fails(history: History) -> None:
     erased = history.seq["carol_erased"]
     tamper(history.engine, "DELETE FROM erased_subjects WHERE seq = :seq", {"seq": erased})

@@ -24,6 +24,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("origin", sa.String(255), nullable=False),
         sa.Column("tree_size", sa.BigInteger, nullable=False),
+        # The key every new checkpoint must be signed with: lets a writer
+        # notice, under the write lock, that another process rotated it.
+        sa.Column("verifier_key", sa.String(512), nullable=False),
     )
     op.create_table(
         "log_entries",
@@ -33,6 +36,7 @@ def upgrade() -> None:
         sa.Column("canonical", sa.LargeBinary, nullable=False),
     )
     op.create_index("ix_log_entries_subject", "log_entries", ["subject"])
+    op.create_index("ix_log_entries_kind_seq", "log_entries", ["kind", "seq"])
     op.create_table(
         "merkle_nodes",
         sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),

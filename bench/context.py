@@ -1,0 +1,271 @@
+"""What measurements share: the scale, scratch databases, ledgers and child processes.
+
+Every ledger the harness builds lives in its own scratch database (a SQLite
+file in a temporary directory, or a `bench_<random>` PostgreSQL database)
+with its own home directory for keys; all of them are removed when the run
+ends. Ledgers that several measurements need (the bulk-imported log, the log
+written by single appends, the 10k-entry log) are built once, on first use,
+so that `--only` works for any subset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from bench.data import cached_csv
+from ledger.service import ConsentLedger
+from ledger.settings import Settings
+
+Engine = Literal["sqlite", "postgres"]
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+ACTOR = "bench"
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    import_rows: int  # P3/P7: rows in the generated CSV
+    small_log_rows: int  # rows whose import gives a log of at least `small_log_entries`
+    small_log_entries: int  # P6 baseline tree size
+    large_log_entries: int  # P6 tree size (capped at the bulk log's size)
+    single_writes: int  # P4/P5: single appends (half registrations, half decisions)
+    threads: int  # P4 concurrency
+    proofs: int  # P6: proofs per measurement (random leaves)
+    repeats: int  # fast measurements: median of this many runs
+    verify_timeout: float  # P5: a verify still running after this is stopped
+
+
+SCALES = {
+    "small": Scale(
+        name="small",
+        import_rows=10_000,
+        small_log_rows=8_000,
+        small_log_entries=10_000,
+        large_log_entries=1_000_000,
+        single_writes=1_000,
+        threads=32,
+        proofs=100,
+        repeats=3,
+        verify_timeout=30,
+    ),
+    "full": Scale(
+        name="full",
+        import_rows=1_000_000,
+        small_log_rows=8_000,
+        small_log_entries=10_000,
+        large_log_entries=1_000_000,
+        single_writes=20_000,
+        threads=32,
+        proofs=300,
+        repeats=3,
+        verify_timeout=300,
+    ),
+}
+
+
+@dataclass
+class BenchLedger:
+    """A ledger in a scratch database, with what its child processes need."""
+
+    name: str
+    ledger: ConsentLedger
+    settings: Settings
+    url: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CONSENT_LEDGER_HOME"] = str(self.settings.home)
+        env["CONSENT_LEDGER_DATABASE_URL"] = self.url
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        return env
+
+
+@dataclass
+class ChildRun:
+    seconds: float
+    max_rss_mb: float
+    returncode: int | None  # None: stopped at the timeout
+    stdout: str
+    stderr: str
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode is None
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+class Context:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        scale: Scale,
+        postgres_url: str,
+        data_dir: Path,
+        keep: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.scale = scale
+        self.postgres_url = postgres_url
+        self.data_dir = data_dir
+        self.keep = keep
+        self.tmp = Path(tempfile.mkdtemp(prefix="consent-ledger-bench-"))
+        self.tag = secrets.token_hex(4)
+        self._databases: list[str] = []
+        self._ledgers: list[BenchLedger] = []
+        self.cache: dict[str, Any] = {}
+
+    # --- scratch databases ------------------------------------------------------------
+
+    def scratch_url(self, name: str) -> str:
+        if self.engine == "sqlite":
+            return f"sqlite:///{self.tmp / name / 'ledger.db'}"
+        database = f"bench_{self.tag}_{name}"
+        with psycopg.connect(_libpq(self.postgres_url), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{database}"')
+        self._databases.append(database)
+        return make_url(self.postgres_url).set(database=database).render_as_string(
+            hide_password=False
+        )
+
+    def new_ledger(self, name: str) -> BenchLedger:
+        url = self.scratch_url(name)
+        settings = Settings(home=self.tmp / name / "home", database_url=url)
+        ledger, _ = ConsentLedger.initialize(
+            settings, origin=f"bench.consent-ledger.local/{name}", actor=ACTOR
+        )
+        bench_ledger = BenchLedger(name=name, ledger=ledger, settings=settings, url=url)
+        self._ledgers.append(bench_ledger)
+        return bench_ledger
+
+    def close(self) -> None:
+        for bench_ledger in self._ledgers:
+            bench_ledger.ledger.close()
+        if self.keep:
+            print(f"kept: {self.tmp} {' '.join(self._databases)}")
+            return
+        if self._databases:
+            with psycopg.connect(_libpq(self.postgres_url), autocommit=True) as connection:
+                for database in self._databases:
+                    connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- data -------------------------------------------------------------------------
+
+    def csv(self, rows: int) -> Path:
+        return cached_csv(self.data_dir, rows)
+
+    # --- child processes --------------------------------------------------------------
+
+    def run_child(
+        self, argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None
+    ) -> ChildRun:
+        """Run a process to completion (or to `timeout`), with its wall time and peak RSS.
+
+        The peak RSS is the kernel's own account for exactly that process
+        (wait4's rusage), so nothing else running on the machine counts.
+        """
+        out = tempfile.TemporaryFile()
+        err = tempfile.TemporaryFile()
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT)
+        deadline = None if timeout is None else start + timeout
+        returncode: int | None
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                seconds = time.perf_counter() - start
+                returncode = os.waitstatus_to_exitcode(status)
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                process.send_signal(signal.SIGKILL)
+                _, status, usage = os.wait4(process.pid, 0)
+                seconds = time.perf_counter() - start
+                returncode = None
+                break
+            time.sleep(0.02)
+        process.returncode = -1 if returncode is None else returncode
+        out.seek(0)
+        err.seek(0)
+        return ChildRun(
+            seconds=seconds,
+            max_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
+            returncode=returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+        )
+
+    def console_script(self) -> str:
+        return str(Path(sys.executable).parent / "consent-ledger")
+
+    # --- shared ledgers ---------------------------------------------------------------
+
+    def bulk_ledger(self) -> BenchLedger:
+        """The log written by `consent-ledger import` of `scale.import_rows` rows.
+
+        The import runs as a child process (the real CLI), so its wall time is
+        P3 and its peak RSS is P7's import figure.
+        """
+        if "bulk" in self.cache:
+            bulk: BenchLedger = self.cache["bulk"]
+            return bulk
+        path = self.csv(self.scale.import_rows)
+        bulk = self.new_ledger("bulk")
+        run = self.run_child([self.console_script(), "import", str(path), "--json"], env=bulk.env)
+        if run.returncode != 0:
+            raise RuntimeError(f"import failed ({run.returncode}): {run.stderr[-2000:]}")
+        summary = run.json()
+        bulk.info.update(
+            rows=self.scale.import_rows,
+            seconds=run.seconds,
+            max_rss_mb=run.max_rss_mb,
+            entries=summary["entries"],
+            tree_size=summary["tree_size"],
+            batches=summary["batches"],
+        )
+        self.cache["bulk"] = bulk
+        return bulk
+
+    def small_ledger(self) -> BenchLedger:
+        """A log of at least `scale.small_log_entries` entries (P6's 10k baseline)."""
+        if "small" in self.cache:
+            small: BenchLedger = self.cache["small"]
+            return small
+        small = self.new_ledger("small")
+        summary = small.ledger.import_file(self.csv(self.scale.small_log_rows), actor=ACTOR)
+        if summary.tree_size < self.scale.small_log_entries:
+            raise RuntimeError(
+                f"{self.scale.small_log_rows} rows gave only {summary.tree_size} entries"
+            )
+        small.info.update(tree_size=summary.tree_size)
+        self.cache["small"] = small
+        return small
+
+    def sql(self, bench_ledger: BenchLedger, statement: str) -> Any:
+        with bench_ledger.ledger.engine.connect() as connection:
+            return connection.execute(text(statement)).scalar()
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy psycopg URL as a libpq connection string."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

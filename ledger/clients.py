@@ -1,0 +1,135 @@
+"""API clients: named keys with scopes, shown once and stored only as hashes.
+
+A key looks like `clk_<key id>_<secret>`. The key id (not secret) finds the
+row; the SHA-256 of the whole key is compared in constant time. Keys carry 256
+random bits, so a fast hash is enough: there is nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from sqlalchemy import Engine, insert, select, update
+from sqlmodel import col
+
+from ledger.db import read_session, write_session
+from ledger.errors import Conflict, InvalidInput, NotFound
+from ledger.schema import ApiClient
+from ledger.timestamps import format_timestamp, utc_now
+
+Scope = Literal["check", "record", "read", "audit", "admin"]
+SCOPES: tuple[str, ...] = get_args(Scope)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_KEY = re.compile(r"^clk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    name: str
+    scopes: frozenset[str]
+    created: str
+    revoked: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "scopes": sorted(self.scopes),
+            "created": self.created,
+            "revoked": self.revoked,
+        }
+
+
+def _hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode("ascii")).digest()
+
+
+def validate_scopes(scopes: list[str] | tuple[str, ...]) -> frozenset[str]:
+    if not scopes:
+        raise InvalidInput(f"at least one scope is required: {', '.join(SCOPES)}", field="scope")
+    unknown = [scope for scope in scopes if scope not in SCOPES]
+    if unknown:
+        raise InvalidInput(
+            f"unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}", field="scope"
+        )
+    return frozenset(scopes)
+
+
+def create_client(engine: Engine, name: str, scopes: list[str]) -> tuple[Client, str]:
+    """Create a client; return it and its key (the only time the key exists in clear)."""
+    if not _NAME.match(name):
+        raise InvalidInput("must be 1-64 characters: letters, digits and . _ -", field="name")
+    granted = validate_scopes(scopes)
+    key_id = secrets.token_hex(8)
+    key = f"clk_{key_id}_{secrets.token_urlsafe(32)}"
+    created = format_timestamp(utc_now())
+    with write_session(engine) as session:
+        if session.get(ApiClient, name) is not None:
+            raise Conflict(f"a client named {name!r} already exists")
+        session.execute(
+            insert(ApiClient).values(
+                name=name,
+                key_id=key_id,
+                key_hash=_hash(key),
+                scopes=",".join(sorted(granted)),
+                created=created,
+            )
+        )
+    return Client(name=name, scopes=granted, created=created), key
+
+
+def list_clients(engine: Engine) -> list[Client]:
+    with read_session(engine) as session:
+        rows = session.scalars(select(ApiClient).order_by(col(ApiClient.name)))
+        return [
+            Client(
+                name=row.name,
+                scopes=frozenset(row.scopes.split(",")),
+                created=row.created,
+                revoked=row.revoked,
+            )
+            for row in rows
+        ]
+
+
+def revoke_client(engine: Engine, name: str) -> None:
+    with write_session(engine) as session:
+        row = session.get(ApiClient, name)
+        if row is None:
+            raise NotFound(f"no client named {name!r}")
+        if row.revoked is not None:
+            raise Conflict(f"client {name!r} was already revoked at {row.revoked}")
+        session.execute(
+            update(ApiClient)
+            .where(col(ApiClient.name) == name)
+            .values(revoked=format_timestamp(utc_now()))
+        )
+
+
+def authenticate(engine: Engine, key: str) -> Client | None:
+    """The active client holding `key`, or None. Constant-time in the secret part."""
+    match = _KEY.match(key)
+    if match is None:
+        return None
+    with read_session(engine) as session:
+        row = session.execute(
+            select(
+                col(ApiClient.name),
+                col(ApiClient.key_hash),
+                col(ApiClient.scopes),
+                col(ApiClient.created),
+                col(ApiClient.revoked),
+            ).where(col(ApiClient.key_id) == match.group(1))
+        ).first()
+    if row is None:
+        # Still hash and compare, so a miss costs what a hit costs.
+        hmac.compare_digest(_hash(key), b"\0" * 32)
+        return None
+    name, key_hash, scopes, created, revoked = row
+    if not hmac.compare_digest(_hash(key), key_hash) or revoked is not None:
+        return None
+    return Client(name=name, scopes=frozenset(scopes.split(",")), created=created)
