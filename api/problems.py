@@ -16,6 +16,7 @@ from ledger.errors import (
     InvalidInput,
     LedgerError,
     NotFound,
+    NotFresh,
     NotInitialized,
     SigningKeyError,
     VerificationError,
@@ -66,7 +67,7 @@ def status_of(exc: LedgerError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
-    if isinstance(exc, NotInitialized | SigningKeyError):
+    if isinstance(exc, NotInitialized | SigningKeyError | NotFresh):
         return 503
     return 500
 
@@ -78,7 +79,8 @@ def ledger_problem(exc: LedgerError) -> Response:
         errors = [{"field": exc.field, "message": str(exc.args[0])}]
     if status == 500:
         logger.error("unexpected ledger error: %s", exc)
-    return problem(status, str(exc), errors=errors)
+    headers = {"Retry-After": "1"} if isinstance(exc, NotFresh) else None
+    return problem(status, str(exc), errors=errors, headers=headers)
 
 
 def _field(location: tuple[Any, ...] | list[Any]) -> str:

@@ -70,11 +70,11 @@ SCALES = {
         small_log_rows=8_000,
         small_log_entries=10_000,
         large_log_entries=1_000_000,
-        single_writes=20_000,
+        single_writes=10_000,
         threads=32,
         proofs=300,
         repeats=3,
-        verify_timeout=300,
+        verify_timeout=180,
     ),
 }
 
@@ -144,8 +144,8 @@ class Context:
         with psycopg.connect(_libpq(self.postgres_url), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{database}"')
         self._databases.append(database)
-        return make_url(self.postgres_url).set(database=database).render_as_string(
-            hide_password=False
+        return (
+            make_url(self.postgres_url).set(database=database).render_as_string(hide_password=False)
         )
 
     def new_ledger(self, name: str) -> BenchLedger:
@@ -182,34 +182,47 @@ class Context:
     ) -> ChildRun:
         """Run a process to completion (or to `timeout`), with its wall time and peak RSS.
 
-        The peak RSS is the kernel's own account for exactly that process
-        (wait4's rusage), so nothing else running on the machine counts.
+        The peak RSS comes from GNU time (`/usr/bin/time -f %M`), which forks
+        the command from its own small process: the rusage of a child forked
+        straight from this (large) process would count this process's pages,
+        since Linux carries the pre-exec high-water mark into ru_maxrss.
+        Without GNU time, /proc/PID/status VmHWM (reset by exec) is polled.
         """
         out = tempfile.TemporaryFile()
         err = tempfile.TemporaryFile()
+        report = Path(tempfile.mkstemp(prefix="rss-", dir=self.tmp)[1])
+        gnu_time = shutil.which("time", path="/usr/bin:/bin")
+        command = [gnu_time, "-f", "%M", "-o", str(report), *argv] if gnu_time else argv
         start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, env=env, cwd=ROOT, start_new_session=True
+        )
         deadline = None if timeout is None else start + timeout
-        returncode: int | None
+        returncode: int | None = None
+        hwm_kib = 0
         while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                seconds = time.perf_counter() - start
-                returncode = os.waitstatus_to_exitcode(status)
+            try:
+                returncode = process.wait(timeout=0.05)
                 break
+            except subprocess.TimeoutExpired:
+                pass
+            if not gnu_time:
+                hwm_kib = max(hwm_kib, _vm_hwm_kib(process.pid))
             if deadline is not None and time.perf_counter() > deadline:
-                process.send_signal(signal.SIGKILL)
-                _, status, usage = os.wait4(process.pid, 0)
-                seconds = time.perf_counter() - start
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
                 returncode = None
                 break
-            time.sleep(0.02)
-        process.returncode = -1 if returncode is None else returncode
+        seconds = time.perf_counter() - start
+        if gnu_time and returncode is not None:
+            lines = report.read_text().split()
+            # GNU time prefixes "Command exited with non-zero status N" when it fails.
+            hwm_kib = int(lines[-1]) if lines and lines[-1].isdigit() else 0
         out.seek(0)
         err.seek(0)
         return ChildRun(
             seconds=seconds,
-            max_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
+            max_rss_mb=hwm_kib / 1024,
             returncode=returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
@@ -264,6 +277,16 @@ class Context:
     def sql(self, bench_ledger: BenchLedger, statement: str) -> Any:
         with bench_ledger.ledger.engine.connect() as connection:
             return connection.execute(text(statement)).scalar()
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _libpq(url: str) -> str:

@@ -82,9 +82,7 @@ class _Picker:
         return "" if purpose == "ai-training" and rng.random() < 0.5 else purpose
 
 
-def _decision_row(
-    rng: random.Random, picker: _Picker, subject_id: str, head: Row | None
-) -> Row:
+def _decision_row(rng: random.Random, picker: _Picker, subject_id: str, head: Row | None) -> Row:
     row = dict.fromkeys(FIELDS, "")
     row["subject_id"] = subject_id
     if head is not None:
@@ -108,7 +106,9 @@ def _decision_row(
     return row
 
 
-def generate_rows(count: int, *, seed: int = 20_261_126, policy: Policy | None = None) -> Iterator[Row]:
+def generate_rows(
+    count: int, *, seed: int = 20_261_126, policy: Policy | None = None
+) -> Iterator[Row]:
     """Exactly `count` valid import rows (all FIELDS present, blanks as "")."""
     rng = random.Random(seed)
     picker = _Picker(policy or default_policy())

@@ -42,9 +42,7 @@ def plain_insert(engine: Engine, path: Path, batch_size: int = 5_000) -> int:
     with engine.begin() as connection:
         connection.execute(text(f"DROP TABLE IF EXISTS {PLAIN_TABLE}"))
         columns = ", ".join(f"{name} VARCHAR(512)" for name in FIELDS)
-        connection.execute(
-            text(f"CREATE TABLE {PLAIN_TABLE} (line BIGINT PRIMARY KEY, {columns})")
-        )
+        connection.execute(text(f"CREATE TABLE {PLAIN_TABLE} (line BIGINT PRIMARY KEY, {columns})"))
         connection.execute(
             text(
                 f"CREATE INDEX ix_{PLAIN_TABLE}_subject ON {PLAIN_TABLE} "

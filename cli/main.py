@@ -10,8 +10,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from cli import consent, keys, policy, proof, subject
-from cli.importer import import_command
+from cli import clients, consent, keys, policy, proof, subject
 from cli.common import (
     JSON_OPTION,
     console,
@@ -21,6 +20,8 @@ from cli.common import (
     print_json,
     progress_bar,
 )
+from cli.importer import import_command
+from ledger.clients import SCOPES, create_client
 from ledger.errors import InvalidInput
 from ledger.evidence import EvidenceBundle, verify_bundle
 from ledger.notes import Checkpoint, Note, VerifierKey
@@ -40,6 +41,7 @@ app.add_typer(consent.app, name="consent")
 app.add_typer(keys.app, name="keys")
 app.add_typer(policy.app, name="policy")
 app.add_typer(proof.app, name="proof")
+app.add_typer(clients.app, name="clients")
 app.command("import")(import_command)
 
 
@@ -76,10 +78,13 @@ def init(
     settings = Settings()
     ledger, sealed = ConsentLedger.initialize(settings, origin=origin, actor=cli_actor())
     try:
+        _, admin_key = create_client(ledger.engine, "admin", list(SCOPES))
         console.print(f"ledger initialised in {settings.home.absolute()}")
         console.print(f"database: {_redacted(settings.resolved_database_url)}")
         console.print(f"tree size {sealed.tree_size}; verifier key:")
         console.print(ledger.verifier_key())
+        console.print("admin API key (all scopes; shown once, store it now):")
+        console.print(admin_key)
     finally:
         ledger.close()
 
@@ -88,6 +93,34 @@ def _redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command("serve")
+@guarded
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) with uvicorn.
+
+    Example: consent-ledger serve --host 0.0.0.0 --port 8000 --workers 2
+    """
+    import uvicorn
+
+    with open_ledger() as ledger:
+        # Fail here, with one clear line, rather than in every worker.
+        ledger.signing_key()
+        ledger.upgrade()
+    uvicorn.run(
+        "api.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
 
 
 @app.command("check")

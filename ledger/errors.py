@@ -39,6 +39,10 @@ class Conflict(LedgerError):
     """The request contradicts the ledger's state (already initialised, reused key)."""
 
 
+class NotFresh(LedgerError):
+    """This replica has not yet reached the tree size the caller asked for; retry shortly."""
+
+
 class NotInitialized(LedgerError):
     """There is no ledger here yet: run `consent-ledger init`."""
 

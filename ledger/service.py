@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import secrets
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ledger.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    NotFresh,
     NotInitialized,
     SigningKeyError,
 )
@@ -474,12 +476,17 @@ class ConsentLedger:
         purpose: object = None,
         as_of: int | None = None,
         at: str | None = None,
+        at_least_as_fresh: int | None = None,
     ) -> CheckBatch:
         """Evaluate many checks at one tree size and time with a fixed number of queries.
 
         A bad item gets its own InvalidInput in `results`; it never fails the batch.
+        `at_least_as_fresh` (a write's token) waits briefly for a lagging replica
+        to reach that tree size, then gives up with NotFresh.
         """
         moment = _now() if at is None else normalize_timestamp(at, field="at")
+        if as_of is None and at_least_as_fresh is not None:
+            self._await_tree_size(at_least_as_fresh)
         with read_session(self.engine) as session:
             size = log.tree_size(session)
             checked_at = size if as_of is None else as_of
@@ -523,6 +530,18 @@ class ConsentLedger:
             checkpoint=checkpoint,
             results=results,
         )
+
+    def _await_tree_size(self, wanted: int, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            size = self.tree_size()
+            if size >= wanted:
+                return
+            if time.monotonic() >= deadline:
+                raise NotFresh(
+                    f"this server has tree size {size}, not yet {wanted}: retry shortly"
+                )
+            time.sleep(0.02)
 
     def _load_subjects(
         self, session: Session, subject_ids: Iterable[str], as_of: int
@@ -709,6 +728,14 @@ class ConsentLedger:
                 for entry in entries
             ),
         )
+
+    def entries(self, start: int, limit: int) -> list[LogEntry]:
+        with read_session(self.engine) as session:
+            return log.read_entries(session, start, limit)
+
+    def entry(self, seq: int) -> LogEntry:
+        with read_session(self.engine) as session:
+            return log.read_entry(session, seq)
 
     def checkpoint(self) -> str:
         with read_session(self.engine) as session:

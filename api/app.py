@@ -1,0 +1,127 @@
+"""The FastAPI application: routers, error handling, limits and metrics.
+
+Routes are thin: each validates its input and calls one `ConsentLedger` method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import problems
+from api.routes import eligibility, health, log, policy, subjects, tlog
+from ledger.service import ConsentLedger
+from ledger.settings import Settings
+
+# The stream endpoint takes unbounded bodies by design (constant memory).
+UNLIMITED_PATHS = frozenset({"/v1/eligibility/stream"})
+
+
+class BodyLimit:
+    """413 for bodies over the configured size, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problems.problem(413, f"request body over {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = None) -> FastAPI:
+    settings = settings or (ledger.settings if ledger else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if ledger is None:
+            app.state.ledger.close()
+
+    app = FastAPI(
+        title="consent-ledger",
+        version=version("consent-ledger"),
+        description="Consent decisions in a signed, append-only log; eligibility checks "
+        "with proofs. Errors are RFC 9457 problem details.",
+        lifespan=lifespan,
+    )
+    app.state.ledger = ledger or ConsentLedger(settings)
+    registry = CollectorRegistry()
+    app.state.metrics = registry
+    requests = Counter(
+        "consent_ledger_http_requests",
+        "HTTP requests by route and status",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "consent_ledger_http_request_seconds",
+        "HTTP request latency by route",
+        ["method", "route"],
+        registry=registry,
+    )
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        latency.labels(request.method, path).observe(time.perf_counter() - started)
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    problems.install(app)
+    for router in (
+        health.router,
+        subjects.router,
+        eligibility.router,
+        log.router,
+        tlog.router,
+        policy.router,
+    ):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Entry point for uvicorn workers (`api.app:app_from_environment`, factory)."""
+    return create_app(Settings())

@@ -1,0 +1,339 @@
+"""One registered measurement per SPEC §6 target, each beside its baseline.
+
+Adding a measurement is one function: decorate it with `@measurement(key,
+title)`, return `Result`s (figure, baseline, unit, `Target`). The HTTP
+targets (P1, P2, P4, P7 API) and `filter` raise `NotBuilt` until their
+issues land; `bench.loadgen` is not written yet either, see docs/BENCHMARKS.md
+for how they are meant to be measured.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+from pymerkle import InmemoryTree
+
+from bench.context import Context
+from bench.core import NotBuilt, Result, Target, measurement, median, percentile, runs_text
+from bench.workloads import (
+    decide_all,
+    plain_insert,
+    plain_writes,
+    raw_verify,
+    read_log,
+    read_notes,
+    register_all,
+    sample_indices,
+    time_each,
+    write_plan,
+)
+from ledger import log
+from ledger.db import read_session
+from ledger.notes import VerifierKey
+
+# --- not built yet -----------------------------------------------------------------------
+
+
+def _require_api() -> None:
+    try:
+        importlib.import_module("api.app")
+    except ModuleNotFoundError:
+        raise NotBuilt("not built yet (API issue)") from None
+    raise NotBuilt("not built yet (API issue: api/ is in progress, measurement not written)")
+
+
+@measurement("P1", "batch eligibility over HTTP, 10k-item batches")
+def p1_batch_eligibility(ctx: Context) -> list[Result]:
+    """Figure: items/s of POST /v1/check/batch (10k items) from the load generator.
+    Baseline: the same (subject, category) pairs looked up by a bare indexed SQL
+    query in the same database. Target: ≥ 200,000 items/s and ≥ 0.5 × baseline."""
+    _require_api()
+    return []
+
+
+@measurement("P2", "single check over HTTP, 32 concurrent clients")
+def p2_single_check(ctx: Context) -> list[Result]:
+    """Figure: p50/p99 latency and throughput of GET /v1/check at 32 clients.
+    Baseline: a bare FastAPI endpoint returning a constant, same uvicorn settings.
+    Target: p99 ≤ 20 ms and throughput ≥ 0.5 × baseline."""
+    _require_api()
+    return []
+
+
+@measurement("P4", "single-write API, 32 concurrent clients")
+def p4_http_writes(ctx: Context) -> list[Result]:
+    """Figure: writes/s of POST /v1/subjects/{id}/consents with receipts at 32 clients.
+    Target: ≥ 500 writes/s."""
+    _require_api()
+    return []
+
+
+# --- P3: import --------------------------------------------------------------------------
+
+
+@measurement("P3", "import of consent records")
+def p3_import(ctx: Context) -> list[Result]:
+    bulk = ctx.bulk_ledger()
+    rows = bulk.info["rows"]
+    figure = rows / bulk.info["seconds"]
+    path = ctx.csv(rows)
+    repeats = 1 if rows >= 100_000 else ctx.scale.repeats
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        plain_insert(bulk.ledger.engine, path)
+        times.append(time.perf_counter() - start)
+    minimum = 20_000.0 if ctx.engine == "sqlite" else 10_000.0
+    return [
+        Result(
+            key="P3",
+            what=f"`consent-ledger import` of {rows:,} CSV rows "
+            f"({bulk.info['entries']:,} entries, {bulk.info['batches']} checkpoints)",
+            unit="rows/s",
+            figure=figure,
+            baseline=rows / median(times),
+            baseline_what="plain executemany INSERTs of the same CSV rows, 5k per transaction",
+            target=Target(minimum=minimum, text=f"≥ {minimum:,.0f} rows/s"),
+            runs=f"import: 1 run (wall time of the CLI process, start-up included); "
+            f"baseline: {runs_text(repeats)}",
+        )
+    ]
+
+
+# --- P4 in-process: concurrent single writes -----------------------------------------------
+
+
+def single_ledger(ctx: Context) -> dict[str, float]:
+    """Build the log written by single appends (P4 in-process, reused by P5)."""
+    if "single" in ctx.cache:
+        stats: dict[str, float] = ctx.cache["single"]
+        return stats
+    bench_ledger = ctx.new_ledger("single")
+    count = ctx.scale.single_writes // 2
+    plan = write_plan(count, bench_ledger.ledger)
+    registered = register_all(bench_ledger, plan, ctx.scale.threads)
+    decided = decide_all(bench_ledger, plan, ctx.scale.threads)
+    plain = plain_writes(bench_ledger.ledger.engine, count, ctx.scale.threads)
+    stats = {
+        "writes": len(decided.latencies),
+        "rate": decided.rate,
+        "p50_ms": percentile(decided.latencies, 0.5) * 1000,
+        "p99_ms": percentile(decided.latencies, 0.99) * 1000,
+        "register_rate": registered.rate,
+        "plain_rate": plain.rate,
+    }
+    ctx.cache["single"] = stats
+    ctx.cache["single_ledger"] = bench_ledger
+    return stats
+
+
+@measurement("P4", "single writes with receipts, 32 threads in-process (no HTTP)")
+def p4_in_process(ctx: Context) -> list[Result]:
+    stats = single_ledger(ctx)
+    return [
+        Result(
+            key="P4",
+            what=f"IN-PROCESS (no HTTP): {stats['writes']:,.0f} × record_consents + receipt "
+            f"from {ctx.scale.threads} threads",
+            unit="writes/s",
+            figure=stats["rate"],
+            baseline=stats["plain_rate"],
+            baseline_what="one-row durable transactions under the ledger's write lock, "
+            "same threads",
+            target=Target(minimum=500, text="≥ 500 writes/s (HTTP target; this is its ceiling)"),
+            runs="1 run",
+            note=f"latency p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms; "
+            f"register_subject from the same threads: {stats['register_rate']:,.0f}/s",
+        )
+    ]
+
+
+# --- P5: verify --------------------------------------------------------------------------
+
+
+def _verify_result(ctx: Context, name: str, label: str) -> Result:
+    bench_ledger = ctx.cache["single_ledger"] if name == "single" else ctx.bulk_ledger()
+    engine = bench_ledger.ledger.engine
+    size = bench_ledger.ledger.tree_size()
+    timeout = ctx.scale.verify_timeout
+    run = ctx.run_child(
+        [sys.executable, "-m", "bench._child", "verify"], env=bench_ledger.env, timeout=timeout
+    )
+    if run.timed_out:
+        seconds, bound = timeout, "<"
+        runs = f"1 run, stopped after {timeout:.0f} s"
+    elif run.returncode != 0:
+        raise RuntimeError(f"verify failed ({run.returncode}): {run.stderr[-2000:]}")
+    else:
+        seconds, bound, runs = run.json()["seconds"], "", "1 run (in a child process)"
+    canonicals = read_log(engine)
+    notes = read_notes(engine)
+    key = VerifierKey.parse(bench_ledger.ledger.verifier_key())
+    times = []
+    root = b""
+    for _ in range(ctx.scale.repeats):
+        start = time.perf_counter()
+        root = raw_verify(canonicals, notes, key)
+        times.append(time.perf_counter() - start)
+    with read_session(engine) as session:
+        if root != log.root_at(session, size):
+            raise RuntimeError("the raw recomputation disagrees with the ledger's root")
+    ctx.cache[f"canonicals_{name}"] = canonicals
+    raw_rate = size / median(times)
+    return Result(
+        key="P5",
+        what=f"`verify` of a log written by {label} ({size:,} entries, {len(notes):,} checkpoints)",
+        unit="entries/s",
+        figure=size / seconds,
+        bound=bound,
+        baseline=raw_rate,
+        baseline_what="hashlib leaf + node hashes and one Ed25519 verify per checkpoint, "
+        "over the same bytes",
+        target=Target(
+            minimum=100_000 if name == "bulk" else None,
+            ratio_min=1 / 1.5,
+            text=("≥ 100,000 entries/s; " if name == "bulk" else "")
+            + "ratio ≥ 0.67 (cost ≤ 1.5 × raw)",
+        ),
+        runs=f"verify: {runs}; raw: {runs_text(ctx.scale.repeats)}",
+        note=f"verify peak RSS {run.max_rss_mb:,.0f} MB",
+    )
+
+
+@measurement("P5", "verify, bulk-imported log")
+def p5_verify_bulk(ctx: Context) -> list[Result]:
+    return [_verify_result(ctx, "bulk", "bulk import")]
+
+
+@measurement("P5", "verify, log written by single appends")
+def p5_verify_single(ctx: Context) -> list[Result]:
+    single_ledger(ctx)
+    return [_verify_result(ctx, "single", "single appends")]
+
+
+# --- P6: proofs --------------------------------------------------------------------------
+
+
+@measurement("P6", "inclusion and consistency proofs, 10k vs 1M entries, vs pymerkle")
+def p6_proofs(ctx: Context) -> list[Result]:
+    bulk, small = ctx.bulk_ledger(), ctx.small_ledger()
+    large_size = min(ctx.scale.large_log_entries, bulk.ledger.tree_size())
+    small_size = ctx.scale.small_log_entries
+    count = ctx.scale.proofs
+    latencies: dict[tuple[str, int], list[float]] = {}
+    for bench_ledger, size in ((small, small_size), (bulk, large_size)):
+        ledger = bench_ledger.ledger
+        indices = sample_indices(size, count)
+        latencies["inclusion", size] = time_each(
+            indices, lambda index, ledger=ledger, size=size: ledger.inclusion_proof(index, size)
+        )
+        olds = [index + 1 for index in sample_indices(size - 1, count, seed=7)]
+        latencies["consistency", size] = time_each(
+            olds, lambda old, ledger=ledger, size=size: ledger.consistency_proof(old, size)
+        )
+
+    # pymerkle (the Python peer) over the same leaves, proofs from its in-memory tree.
+    canonicals = ctx.cache.get("canonicals_bulk") or read_log(bulk.ledger.engine, large_size)
+    tree = InmemoryTree(algorithm="sha256")
+    build_start = time.perf_counter()
+    for canonical in canonicals[:large_size]:
+        tree.append_entry(canonical)
+    build_seconds = time.perf_counter() - build_start
+    with read_session(bulk.ledger.engine) as session:
+        roots_agree = tree.get_root(large_size) == log.root_at(session, large_size)
+    first = time.perf_counter()
+    tree.prove_inclusion(1, large_size)
+    cold_ms = (time.perf_counter() - first) * 1000
+    peer_inclusion = time_each(
+        sample_indices(large_size, count),
+        lambda index: tree.prove_inclusion(index + 1, large_size),
+    )
+    peer_consistency = time_each(
+        [index + 1 for index in sample_indices(large_size - 1, count, seed=7)],
+        lambda old: tree.prove_consistency(old, large_size),
+    )
+
+    def ms(values: list[float]) -> float:
+        return median(values) * 1000
+
+    def p99(values: list[float]) -> str:
+        return f"p99 {percentile(values, 0.99) * 1000:.2f} ms"
+
+    runs = f"median of {count} proofs at random leaves"
+    results = []
+    for kind in ("inclusion", "consistency"):
+        analogue = "" if kind == "inclusion" else " (P6 applied to consistency)"
+        large, base = latencies[kind, large_size], latencies[kind, small_size]
+        results.append(
+            Result(
+                key="P6",
+                what=f"{kind} proof via ConsentLedger at {large_size:,} entries",
+                unit="ms",
+                figure=ms(large),
+                baseline=ms(base),
+                baseline_what=f"the same at {small_size:,} entries",
+                target=Target(maximum=5, ratio_max=2, text=f"≤ 5 ms, ratio ≤ 2{analogue}"),
+                runs=runs,
+                note=f"{p99(large)} at {large_size:,}; {p99(base)} at {small_size:,}",
+            )
+        )
+    for kind, ours, theirs in (
+        ("inclusion", latencies["inclusion", large_size], peer_inclusion),
+        ("consistency", latencies["consistency", large_size], peer_consistency),
+    ):
+        results.append(
+            Result(
+                key="P6",
+                what=f"{kind} proof at {large_size:,} entries, ledger vs pymerkle",
+                unit="ms",
+                figure=ms(ours),
+                baseline=ms(theirs),
+                baseline_what="pymerkle InmemoryTree over the same leaves (no database)",
+                target=Target(text="— (comparison only)"),
+                runs=runs,
+                note=f"pymerkle: tree built in {build_seconds:.1f} s, first proof (cold cache) "
+                f"{cold_ms:.1f} ms, roots agree: {roots_agree}",
+            )
+        )
+    return results
+
+
+# --- P7: memory --------------------------------------------------------------------------
+
+
+@measurement("P7", "API RSS under load")
+def p7_api(ctx: Context) -> list[Result]:
+    """Figure: peak RSS of the API process during the P2 load. Target ≤ 250 MB."""
+    _require_api()
+    return []
+
+
+@measurement("P7", "peak RSS of `import` of the bulk file")
+def p7_import(ctx: Context) -> list[Result]:
+    bulk = ctx.bulk_ledger()
+    bare = ctx.run_child([ctx.console_script(), "--version"])
+    return [
+        Result(
+            key="P7",
+            what=f"peak RSS of `consent-ledger import` of {bulk.info['rows']:,} rows",
+            unit="MB",
+            figure=bulk.info["max_rss_mb"],
+            baseline=bare.max_rss_mb,
+            baseline_what="`consent-ledger --version` (interpreter and imports)",
+            target=Target(maximum=300, text="≤ 300 MB"),
+            runs="1 run (peak RSS by GNU time %M)",
+        )
+    ]
+
+
+@measurement("P7", "peak RSS of `filter` of 1M rows")
+def p7_filter(ctx: Context) -> list[Result]:
+    """Figure: peak RSS of `consent-ledger filter` over a 1M-row file. Target ≤ 300 MB."""
+    from cli.main import app
+
+    names = {command.name for command in app.registered_commands}
+    if "filter" not in names:
+        raise NotBuilt("not built yet (filter issue)")
+    raise NotBuilt("not built yet (filter exists, measurement not written)")
