@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.close()
     total = time.perf_counter() - started
+    results.sort(key=lambda result: result.key)  # stable: registry order within a key
     info = machine()
     title = (
         f"consent-ledger benchmarks — {args.db}, scale {args.scale}, "

@@ -198,7 +198,7 @@ def _verify_result(ctx: Context, name: str, label: str) -> Result:
             + "ratio ≥ 0.67 (cost ≤ 1.5 × raw)",
         ),
         runs=f"verify: {runs}; raw: {runs_text(ctx.scale.repeats)}",
-        note=f"verify peak RSS {run.max_rss_mb:,.0f} MB",
+        note="" if run.timed_out else f"verify peak RSS {run.max_rss_mb:,.0f} MB",
     )
 
 

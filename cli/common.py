@@ -21,13 +21,21 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from ledger.errors import InvalidInput, LedgerError, VerificationError
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Markup is off: subject ids, categories and notices are user text, and a
+# `[/x]` in them must print as itself. Styles come from `styled()`.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def styled(text: str, style: str) -> Text:
+    return Text(text, style=style)
+
 
 JSON_OPTION = typer.Option("--json", help="Print machine-readable JSON instead of tables.")
 
@@ -39,7 +47,7 @@ EXIT_USAGE = 2
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", markup=True)
+    err_console.print(styled("error:", "red"), message)
     return typer.Exit(code)
 
 
@@ -51,7 +59,7 @@ def guarded(function: Callable[P, R]) -> Callable[P, R]:
         try:
             return function(*args, **kwargs)
         except VerificationError as exc:
-            err_console.print(f"[red]verification FAILED:[/red] {exc}")
+            err_console.print(styled("verification FAILED:", "red"), str(exc))
             raise typer.Exit(EXIT_FAILURE) from None
         except InvalidInput as exc:
             raise fail(str(exc), EXIT_USAGE) from None
@@ -63,12 +71,16 @@ def guarded(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-@contextmanager
-def open_ledger() -> Iterator[ConsentLedger]:
+def load_settings() -> Settings:
     try:
-        settings = Settings()
+        return Settings()
     except ValueError as exc:
         raise fail(f"bad settings: {exc}", EXIT_USAGE) from None
+
+
+@contextmanager
+def open_ledger() -> Iterator[ConsentLedger]:
+    settings = load_settings()
     ledger = ConsentLedger(settings)
     try:
         yield ledger

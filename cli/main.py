@@ -16,9 +16,11 @@ from cli.common import (
     console,
     err_console,
     guarded,
+    load_settings,
     open_ledger,
     print_json,
     progress_bar,
+    styled,
 )
 from cli.importer import import_command
 from ledger.clients import SCOPES, create_client
@@ -26,7 +28,6 @@ from ledger.errors import InvalidInput
 from ledger.evidence import EvidenceBundle, verify_bundle
 from ledger.notes import Checkpoint, Note, VerifierKey
 from ledger.service import ConsentLedger, cli_actor
-from ledger.settings import Settings
 from ledger.verify import verify_ledger
 
 app = typer.Typer(
@@ -75,7 +76,7 @@ def init(
 
     Example: CONSENT_LEDGER_HOME=/srv/ledger consent-ledger init --origin example.com/consent
     """
-    settings = Settings()
+    settings = load_settings()
     ledger, sealed = ConsentLedger.initialize(settings, origin=origin, actor=cli_actor())
     try:
         _, admin_key = create_client(ledger.engine, "admin", list(SCOPES))
@@ -142,11 +143,11 @@ def check(
     if as_json:
         print_json(answer.to_json())
         return
-    verdict = "[green]ELIGIBLE[/green]" if answer.eligible else "[red]NOT ELIGIBLE[/red]"
+    verdict = styled("ELIGIBLE", "green") if answer.eligible else styled("NOT ELIGIBLE", "red")
     decided = "" if answer.decided_by is None else f", decided by entry {answer.decided_by}"
     console.print(
-        f"{verdict}: {answer.reason}{decided} (policy v{answer.policy_version}, "
-        f"tree size {answer.checked_at}, at {answer.at})"
+        verdict + f": {answer.reason}{decided} (policy v{answer.policy_version}, "
+        f"tree size {answer.checked_at}, at {answer.at})",
     )
 
 
@@ -156,7 +157,10 @@ def verify(
     checkpoint: Annotated[
         list[Path] | None,
         typer.Option(
-            "--checkpoint", help="A checkpoint saved earlier; proves no rollback or fork."
+            "--checkpoint",
+            help="A checkpoint saved earlier; proves no rollback or fork.",
+            exists=True,
+            dir_okay=False,
         ),
     ] = None,
     key: Annotated[
@@ -184,8 +188,8 @@ def verify(
         print_json(report.to_json())
         return
     console.print(
-        f"[green]OK[/green]: {report.entries} entries, {report.checkpoints} checkpoints, "
-        f"{report.subjects} subjects verified; root {report.root}"
+        styled("OK", "green") + f": {report.entries} entries, {report.checkpoints} checkpoints, "
+        f"{report.subjects} subjects verified; root {report.root}",
     )
     for size in report.external_checkpoints:
         console.print(f"consistent with saved checkpoint of size {size}")
@@ -210,7 +214,9 @@ def checkpoint(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
 @app.command("verify-bundle")
 @guarded
 def verify_bundle_command(
-    path: Annotated[Path, typer.Argument(help="An evidence bundle (JSON).")],
+    path: Annotated[
+        Path, typer.Argument(help="An evidence bundle (JSON).", exists=True, dir_okay=False)
+    ],
     key: Annotated[list[str], typer.Option("--key", help="A trusted verifier key (repeatable).")],
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
@@ -235,8 +241,8 @@ def verify_bundle_command(
         )
         return
     console.print(
-        f"[green]OK[/green]: {len(bundle.entries)} entries proven against the checkpoint "
-        f"of size {checkpoint_body.size} signed by {checkpoint_body.origin}"
+        styled("OK", "green") + f": {len(bundle.entries)} entries proven against the checkpoint "
+        f"of size {checkpoint_body.size} signed by {checkpoint_body.origin}",
     )
 
 

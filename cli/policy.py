@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json
+from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json, styled
 from ledger.errors import InvalidInput
 from ledger.policy import Policy
 from ledger.service import cli_actor
@@ -39,7 +39,7 @@ def show(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     if as_json:
         print_json(document)
         return
-    console.print(f"[bold]policy version {policy.version}[/bold]")
+    console.print(styled(f"policy version {policy.version}", "bold"))
     table = Table(title="Categories", title_justify="left")
     table.add_column("category")
     table.add_column("special")

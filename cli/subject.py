@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json
+from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json, styled
 from ledger.service import cli_actor
 
 app = typer.Typer(help="Register, inspect and erase subjects (the platform's users).")
@@ -69,9 +69,9 @@ def show(
         )
         return
     console.print(
-        f"[bold]{view.subject_id}[/bold]  ref {view.ref}  jurisdiction "
+        styled(view.subject_id, "bold") + f"  ref {view.ref}  jurisdiction "
         f"{view.jurisdiction or '—'} ({view.regime})  minor {'yes' if view.minor else 'no'}  "
-        f"registered at entry {view.registered_seq}"
+        f"registered at entry {view.registered_seq}",
     )
     decisions = Table(title="Decisions", title_justify="left")
     for column in ("seq", "category", "purpose", "decision", "explicit", "effective", "expires"):
@@ -97,7 +97,7 @@ def show(
         matrix.add_row(
             row["category"],
             row["purpose"],
-            "[green]yes[/green]" if row["eligible"] else "[red]no[/red]",
+            styled("yes", "green") if row["eligible"] else styled("no", "red"),
             row["reason"],
             "" if row["decided_by"] is None else str(row["decided_by"]),
         )

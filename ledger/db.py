@@ -16,7 +16,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+
+from ledger.errors import AppendOnlyViolation, NotInitialized
 
 # An arbitrary, fixed 64-bit key: every writer of this database contends for it.
 _WRITE_LOCK_KEY = 0x636F6E73656E74  # "consent"
@@ -67,6 +70,28 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def _translate(exc: DBAPIError) -> Exception:
+    """Database errors a user can act on, as the ledger's own errors."""
+    message = str(exc.orig) if exc.orig is not None else str(exc)
+    lowered = message.lower()
+    if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
+        return NotInitialized("no ledger in this database: run `consent-ledger init`")
+    if "append-only" in lowered:
+        return AppendOnlyViolation(message.splitlines()[0])
+    return exc
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """One all-or-nothing write transaction holding the ledger's write lock.
@@ -74,7 +99,7 @@ def write_session(engine: Engine) -> Iterator[Session]:
     Commits when the block ends normally; rolls back on any exception.
     """
     bound = engine.execution_options(**{_WRITE: True})
-    with Session(bound, expire_on_commit=False) as session, session.begin():
+    with _translated(), Session(bound, expire_on_commit=False) as session, session.begin():
         if engine.dialect.name == "postgresql":
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK_KEY})
         yield session
@@ -83,7 +108,7 @@ def write_session(engine: Engine) -> Iterator[Session]:
 @contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
     """A read-only transaction: one consistent snapshot for everything read in it."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    with _translated(), Session(engine, expire_on_commit=False) as session, session.begin():
         if engine.dialect.name == "postgresql":
             # REPEATABLE READ gives one snapshot for the whole read, so a proof
             # and the checkpoint it is checked against come from the same moment.

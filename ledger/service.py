@@ -538,9 +538,7 @@ class ConsentLedger:
             if size >= wanted:
                 return
             if time.monotonic() >= deadline:
-                raise NotFresh(
-                    f"this server has tree size {size}, not yet {wanted}: retry shortly"
-                )
+                raise NotFresh(f"this server has tree size {size}, not yet {wanted}: retry shortly")
             time.sleep(0.02)
 
     def _load_subjects(
@@ -627,11 +625,11 @@ class ConsentLedger:
         subject_id = validate_subject_id(subject_id)
         moment = _now() if at is None else normalize_timestamp(at, field="at")
         with read_session(self.engine) as session:
+            size = log.tree_size(session)
             mapping = session.get(SubjectMapping, subject_id)
             if mapping is None:
                 _refuse_unknown_subject(session, subject_id, self.keys.secret(ERASURE_SECRET))
                 raise AssertionError("unreachable")
-            size = log.tree_size(session)
             version, policy = self._policy_row_at(session, size)
             states, decisions = self._load_subjects(session, [subject_id], size)
             registered_seq = session.scalar(
@@ -693,11 +691,11 @@ class ConsentLedger:
         """An evidence bundle of every entry about the subject, against the latest checkpoint."""
         subject_id = validate_subject_id(subject_id)
         with read_session(self.engine) as session:
+            checkpoint = log.latest_checkpoint(session)
             mapping = session.get(SubjectMapping, subject_id)
             if mapping is None:
                 _refuse_unknown_subject(session, subject_id, self.keys.secret(ERASURE_SECRET))
                 raise AssertionError("unreachable")
-            checkpoint = log.latest_checkpoint(session)
             rows = session.execute(
                 select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
                 .where(col(LogEntryRow.subject) == mapping.ref)

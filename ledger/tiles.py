@@ -72,9 +72,7 @@ def read_tile(session: Session, address: TileAddress) -> bytes:
             raise NotFound("the log does not hold this entry bundle yet")
         rows = session.execute(
             select(col(LogEntryRow.canonical))
-            .where(
-                col(LogEntryRow.seq) >= first, col(LogEntryRow.seq) < first + address.width
-            )
+            .where(col(LogEntryRow.seq) >= first, col(LogEntryRow.seq) < first + address.width)
             .order_by(col(LogEntryRow.seq))
         ).scalars()
         bundle = bytearray()

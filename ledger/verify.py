@@ -36,7 +36,7 @@ from sqlmodel import col
 from ledger import merkle
 from ledger.canonical import parse_canonical
 from ledger.db import read_session
-from ledger.errors import InvalidInput, VerificationError
+from ledger.errors import InvalidInput, NotInitialized, VerificationError
 from ledger.log import SUBJECT_KINDS, LogEntry
 from ledger.notes import Checkpoint, VerifierKey, b64, open_checkpoint, verify_note
 from ledger.projection import Projector
@@ -134,7 +134,7 @@ class _Verifier:
     def run(self) -> VerifyReport:
         state = self.session.get(LedgerState, 1)
         if state is None:
-            raise VerificationError("no ledger in this database", subject="ledger")
+            raise NotInitialized("no ledger in this database: run `consent-ledger init`")
         total = self.session.scalar(
             select(col(LogEntryRow.seq)).order_by(col(LogEntryRow.seq).desc()).limit(1)
         )

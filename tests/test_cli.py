@@ -433,12 +433,6 @@ def test_init_with_a_bad_origin_is_a_usage_error(home: Home) -> None:
         pytest.param(
             ["init"],
             id="init",
-            marks=pytest.mark.xfail(
-                reason="BUG: `init` builds Settings() outside open_ledger(), so a bad "
-                "CONSENT_LEDGER_DATABASE_URL escapes as a pydantic ValidationError traceback "
-                "(exit 1) instead of `error: bad settings: …` (exit 2)",
-                strict=True,
-            ),
         ),
     ],
 )
@@ -489,29 +483,14 @@ def test_commands_before_init_say_to_run_init(home: Home) -> None:
         pytest.param(
             ["subject", "show", "u"],
             id="subject-show",
-            marks=pytest.mark.xfail(
-                reason="BUG: before init `subject show` says \"subject 'u' is not registered\", "
-                "never that there is no ledger / to run `consent-ledger init`",
-                strict=True,
-            ),
         ),
         pytest.param(
             ["consent", "history", "u"],
             id="consent-history",
-            marks=pytest.mark.xfail(
-                reason="BUG: before init `consent history` says \"subject 'u' is not "
-                'registered", never to run `consent-ledger init`',
-                strict=True,
-            ),
         ),
         pytest.param(
             ["verify"],
             id="verify",
-            marks=pytest.mark.xfail(
-                reason="BUG: before init `verify` says 'verification FAILED: ledger: no "
-                "ledger in this database' without telling the user to run `consent-ledger init`",
-                strict=True,
-            ),
         ),
     ],
 )
@@ -552,14 +531,6 @@ def fresh_environment(
     admin.dispose()
 
 
-@pytest.mark.xfail(
-    reason="BUG: on a database without the schema (a new user's default SQLite file, or an "
-    "empty PostgreSQL database) every command but init crashes with an uncaught "
-    "sqlalchemy OperationalError/ProgrammingError ('no such table: ledger_state' / "
-    "'relation … does not exist') and a traceback, instead of `error: no ledger in this "
-    "database: run `consent-ledger init``",
-    strict=True,
-)
 def test_commands_on_a_fresh_install_say_to_run_init(fresh_environment: None) -> None:
     init = "consent-ledger init"
     check_cases(
@@ -1161,14 +1132,6 @@ def test_verify_bundle_requires_a_key(offline: Path) -> None:
     assert "Missing option '--key'" in result.output
 
 
-@pytest.mark.xfail(
-    reason="BUG: a FILE argument that does not exist is a usage error (exit 2) for "
-    "`policy validate`/`policy publish`, but `verify-bundle FILE` and `verify --checkpoint "
-    "FILE` exit 1 (their OSError is mapped to a failure). Declare the paths with "
-    "typer.Argument/Option(exists=True, dir_okay=False, readable=True) so Click reports "
-    "them as usage errors, as SPEC §5 asks",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "command",
     [
@@ -1715,14 +1678,6 @@ def test_every_read_command_prints_pure_json(small_ledger: dict[str, int]) -> No
 # --- user text is never read as Rich markup -----------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: user-supplied text (subject ids, categories, notices) is printed with Rich "
-    "markup enabled: `[/x]` raises rich.errors.MarkupError (a traceback, exit 1, AFTER the "
-    "write committed) and `[bold]x[/bold]` is silently shown as `x`. Fix: escape values "
-    "with rich.markup.escape() in cli/*.py messages and table cells, and print the "
-    "message in cli.common.fail()/guarded() with markup only around the `error:` prefix",
-    strict=True,
-)
 def test_user_text_is_printed_verbatim(small_ledger: dict[str, int]) -> None:
     invoke("consent", "grant", "de-anna", "location", "--notice", "[/v9]")
     check_cases(
