@@ -73,6 +73,15 @@ class SealedAppend:
     checkpoint: str
 
 
+@dataclass(frozen=True, slots=True)
+class WriterMark:
+    size: int
+    frontier: tuple[bytes, ...]
+    pending: int
+    nodes: int
+    projected: int
+
+
 # A projection hook: given the entries of one append, rows to insert into
 # derived tables ({table name: rows}). Supplied by the caller so that the log
 # knows nothing about consent.
@@ -91,6 +100,7 @@ class LogWriter:
     _start: int
     _pending: list[LogEntry] = field(default_factory=list)
     _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
+    _projected: int = 0
 
     @classmethod
     def open(cls, session: Session, *, actor: str) -> LogWriter:
@@ -139,6 +149,34 @@ class LogWriter:
         self._pending.append(entry)
         return entry
 
+    def mark(self) -> WriterMark:
+        """A point to roll back to if the next part of a group append fails."""
+        return WriterMark(
+            size=self._tree.size,
+            frontier=tuple(self._tree.frontier()),
+            pending=len(self._pending),
+            nodes=len(self._nodes),
+            projected=self._projected,
+        )
+
+    def rollback_to(self, mark: WriterMark) -> None:
+        self._tree = merkle.TreeBuilder(mark.size, mark.frontier)
+        del self._pending[mark.pending :]
+        del self._nodes[mark.nodes :]
+        self._projected = mark.projected
+
+    def project(self, project: ProjectionHook) -> None:
+        """Write projection rows for the entries appended since the last call.
+
+        Later parts of the same transaction then read them back like committed
+        state (a group append registers a subject, the next part updates it).
+        """
+        for table, rows in project(self._pending[self._projected :]).items():
+            if rows:
+                columns = tuple(rows[0])
+                bulk_insert(self.session, table, columns, [tuple(row.values()) for row in rows])
+        self._projected = len(self._pending)
+
     def seal(
         self, signers: Sequence[NoteSigner], project: ProjectionHook | None = None
     ) -> SealedAppend:
@@ -167,10 +205,7 @@ class LogWriter:
         )
         bulk_insert(session, "merkle_nodes", ("level", "idx", "hash"), self._nodes)
         if project is not None:
-            for table, rows in project(self._pending).items():
-                if rows:
-                    columns = tuple(rows[0])
-                    bulk_insert(session, table, columns, [tuple(row.values()) for row in rows])
+            self.project(project)
         size = self._tree.size
         root = self._tree.root()
         note = sign_checkpoint(Checkpoint(self.origin, size, root), signers)
@@ -179,6 +214,7 @@ class LogWriter:
         sealed = SealedAppend(entries=tuple(self._pending), tree_size=size, checkpoint=note)
         self._pending = []
         self._nodes = []
+        self._projected = 0
         return sealed
 
 

@@ -33,6 +33,7 @@ from ledger.errors import (
     SigningKeyError,
 )
 from ledger.evidence import EvidenceBundle, EvidenceEntry
+from ledger.groupcommit import GroupCommitter, GroupRequest
 from ledger.importer import (
     DEFAULT_BATCH,
     ImportContext,
@@ -140,6 +141,7 @@ class ConsentLedger:
         self.keys = KeyStore(self.settings.home, self.settings.passphrase)
         self._signing_key: SigningKey | None = None
         self._policies: dict[int, Policy] = {}
+        self._group = GroupCommitter(self._run_group)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -261,6 +263,9 @@ class ConsentLedger:
         *,
         extra_signers: Sequence[SigningKey] = (),
     ) -> SealedAppend | None:
+        """Run `build` in a write transaction (shared with concurrent writers) and seal it."""
+        if not extra_signers:
+            return self._group.submit(actor, build)
         signer = self.signing_key()
         with write_session(self.engine) as session:
             writer = LogWriter.open(session, actor=actor)
@@ -272,6 +277,39 @@ class ConsentLedger:
                 return None
             projector = Projector(lambda ref: _latest_subject_row(session, ref))
             return writer.seal([signer, *extra_signers], projector.project)
+
+    def _run_group(self, group: Sequence[GroupRequest]) -> None:
+        """One transaction for a group of writes; each in a savepoint of its own."""
+        signer = self.signing_key()
+        with write_session(self.engine) as session:
+            writer = LogWriter.open(session, actor=group[0].actor)
+            if str(signer.verifier_key) != writer.verifier_key:
+                signer = self._load_signing_key(writer.verifier_key)
+            for request in group:
+                mark = writer.mark()
+                writer.actor = request.actor
+                savepoint = session.begin_nested()
+                try:
+                    request.build(writer, session)
+                    projector = Projector(lambda ref: _latest_subject_row(session, ref))
+                    writer.project(projector.project)
+                    savepoint.commit()
+                except Exception as exc:
+                    savepoint.rollback()
+                    writer.rollback_to(mark)
+                    request.error = exc
+                    continue
+                request.first, request.last = mark.pending, len(writer.pending)
+            if not writer.pending:
+                return
+            sealed = writer.seal([signer])
+        for request in group:
+            if request.error is None and request.last > request.first:
+                request.result = SealedAppend(
+                    entries=sealed.entries[request.first : request.last],
+                    tree_size=sealed.tree_size,
+                    checkpoint=sealed.checkpoint,
+                )
 
     def register_subject(
         self,

@@ -59,7 +59,8 @@ def _describe(result: Result) -> str:
 
 
 def invoke(*args: str, code: int = OK) -> Result:
-    result = runner.invoke(app, list(args))
+    # Wide enough that Rich's usage-error box never cuts a long temporary path.
+    result = runner.invoke(app, list(args), env={"COLUMNS": "400"})
     assert result.exit_code == code, f"`{' '.join(args)}` -> {result.exit_code}\n" + _describe(
         result
     )

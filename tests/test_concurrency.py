@@ -231,15 +231,16 @@ def check_log(engine: Engine, acks: Sequence[Ack], *, complete: bool) -> StoredL
 
     written = [ack for ack in acks if not ack.get("noop")]
     told_sizes = [ack["tree_size"] for ack in written]
-    assert len(told_sizes) == len(set(told_sizes)), "two writes were told the same tree size"
+    # Concurrent writes in one process may be group-committed: they then share
+    # one transaction, one tree size and one checkpoint, but never a seq.
     seen: set[int] = set()
     for ack in written:
         seqs = [seq for seq, _ in ack["entries"]]
         where = f"worker {ack['w']} write {ack['i']} ({ack['op']})"
         assert seqs, where
-        # One append is one contiguous run ending at the size it was told.
+        # One write is one contiguous run inside the tree size it was told.
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), where
-        assert seqs[-1] == ack["tree_size"] - 1, where
+        assert seqs[-1] <= ack["tree_size"] - 1, where
         assert not seen.intersection(seqs), f"{where}: seq handed out twice"
         seen.update(seqs)
         for seq, canonical in ack["entries"]:
@@ -253,7 +254,7 @@ def check_log(engine: Engine, acks: Sequence[Ack], *, complete: bool) -> StoredL
     if complete:
         assert n == GENESIS + sum(len(ack["entries"]) for ack in written)
         assert seen == set(range(GENESIS, n))
-        assert sorted(stored.checkpoints) == sorted([GENESIS, *told_sizes])
+        assert sorted(stored.checkpoints) == sorted({GENESIS, *told_sizes})
 
     report = verify_ledger(engine)
     assert report.entries == n
