@@ -58,6 +58,7 @@ from ledger.schema import (
     SubjectVersion,
 )
 from ledger.settings import Settings
+from ledger.subjectcache import SubjectCache
 from ledger.subjects import (
     commitment,
     erased_id_hash,
@@ -142,6 +143,7 @@ class ConsentLedger:
         self._signing_key: SigningKey | None = None
         self._policies: dict[int, Policy] = {}
         self._group = GroupCommitter(self._run_group)
+        self._subjects = SubjectCache()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -582,66 +584,10 @@ class ConsentLedger:
     def _load_subjects(
         self, session: Session, subject_ids: Iterable[str], as_of: int
     ) -> tuple[dict[str, SubjectState], dict[str, list[Decision]]]:
-        """Subject states and decisions as of a tree size, in a few grouped queries."""
+        """Subject states and decisions as of a tree size: from the cache, else grouped queries."""
         ids = list(subject_ids)
-        ref_of: dict[str, str] = {}
-        for chunk in _chunks(ids):
-            for subject_id, ref in session.execute(
-                select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
-                    col(SubjectMapping.subject_id).in_(chunk)
-                )
-            ):
-                ref_of[subject_id] = ref
-        id_of = {ref: subject_id for subject_id, ref in ref_of.items()}
-        states: dict[str, SubjectState] = {}
-        latest_seq: dict[str, int] = {}
-        decisions: dict[str, list[Decision]] = {}
-        for chunk in _chunks(list(id_of)):
-            for ref, seq, jurisdiction, minor, erased in session.execute(
-                select(
-                    col(SubjectVersion.ref),
-                    col(SubjectVersion.seq),
-                    col(SubjectVersion.jurisdiction),
-                    col(SubjectVersion.minor),
-                    col(SubjectVersion.erased),
-                ).where(
-                    col(SubjectVersion.ref).in_(chunk),
-                    col(SubjectVersion.seq) < as_of,
-                )
-            ):
-                subject_id = id_of[ref]
-                if seq > latest_seq.get(subject_id, -1):
-                    latest_seq[subject_id] = seq
-                    states[subject_id] = SubjectState(
-                        registered=True, erased=erased, minor=minor, jurisdiction=jurisdiction
-                    )
-            for row in session.execute(
-                select(
-                    col(ConsentDecision.ref),
-                    col(ConsentDecision.seq),
-                    col(ConsentDecision.category),
-                    col(ConsentDecision.purpose),
-                    col(ConsentDecision.decision),
-                    col(ConsentDecision.explicit),
-                    col(ConsentDecision.effective),
-                    col(ConsentDecision.expires),
-                ).where(
-                    col(ConsentDecision.ref).in_(chunk),
-                    col(ConsentDecision.seq) < as_of,
-                )
-            ):
-                decisions.setdefault(id_of[row.ref], []).append(
-                    Decision(
-                        seq=row.seq,
-                        category=row.category,
-                        purpose=row.purpose,
-                        decision=row.decision,
-                        explicit=row.explicit,
-                        effective=row.effective,
-                        expires=row.expires,
-                    )
-                )
-        unmapped = [subject_id for subject_id in ids if subject_id not in ref_of]
+        states, decisions = self._subjects.lookup(session, ids, as_of, log.tree_size(session))
+        unmapped = [subject_id for subject_id in ids if subject_id not in states]
         if unmapped:
             secret = self.keys.secret(ERASURE_SECRET)
             hashes = {erased_id_hash(secret, subject_id): subject_id for subject_id in unmapped}
