@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export CONSENT_LEDGER_HOME ?= $(CURDIR)/.consent-ledger
+PORT ?= 8000
 
 .PHONY: install run test lint format bench clean
 
@@ -15,11 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Initialise a ledger in .consent-ledger (once), then show it working.
+# Initialise a ledger in .consent-ledger on SQLite (once: that prints the admin
+# API key), then serve the API on http://127.0.0.1:8000 (OpenAPI at /docs).
 run: install
 	@test -f "$(CONSENT_LEDGER_HOME)/keys/signing.pem" || $(BIN)/consent-ledger init
-	@$(BIN)/consent-ledger keys show
-	@$(BIN)/consent-ledger verify
+	$(BIN)/consent-ledger serve --host 127.0.0.1 --port $(PORT)
 
 # The whole suite on SQLite and PostgreSQL (PostgreSQL cases skip, saying so,
 # when no server is reachable; CI sets CONSENT_LEDGER_REQUIRE_POSTGRES=1).

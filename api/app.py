@@ -25,7 +25,11 @@ UNLIMITED_PATHS = frozenset({"/v1/eligibility/stream"})
 
 
 class BodyLimit:
-    """413 for bodies over the configured size, whether or not they declare a length."""
+    """413 for bodies over the configured size, whether or not they declare a length.
+
+    A body without Content-Length (chunked) is read here, up to the limit, and
+    replayed to the app: bounded memory, and no half-read request reaches a route.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -35,33 +39,42 @@ class BodyLimit:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
+        declared = None
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length":
+                declared = value
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
                 await self._too_large(scope, receive, send)
                 return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # a disconnect: let the app see it
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problems.problem(413, f"request body over {self.limit} bytes")
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = None) -> FastAPI:
@@ -103,7 +116,7 @@ def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = 
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        path = getattr(route, "path_format", "unmatched")
         latency.labels(request.method, path).observe(time.perf_counter() - started)
         requests.labels(request.method, path, str(response.status_code)).inc()
         return response

@@ -18,6 +18,7 @@ from ledger.errors import (
     NotFound,
     NotFresh,
     NotInitialized,
+    ReadOnlyDatabase,
     SigningKeyError,
     VerificationError,
 )
@@ -67,7 +68,7 @@ def status_of(exc: LedgerError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
-    if isinstance(exc, NotInitialized | SigningKeyError | NotFresh):
+    if isinstance(exc, NotInitialized | SigningKeyError | NotFresh | ReadOnlyDatabase):
         return 503
     return 500
 

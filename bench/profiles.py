@@ -2,6 +2,7 @@
 
     python -m bench.profiles import --db sqlite --rows 100000
     python -m bench.profiles verify --db postgres --rows 50000
+    python -m bench.profiles verify-single --db sqlite --rows 4000
     python -m bench.profiles writes --db sqlite --rows 2000
     python -m bench.profiles proofs --db sqlite --rows 100000
 
@@ -46,6 +47,9 @@ def _summaries(profiler: Profiler, top: int) -> str:
 
     def walk(frame: Any, on_stack: frozenset[str]) -> None:
         label = name(frame)
+        if frame.is_synthetic:
+            # "[self]"/"[await]" frames: already in the parent's total_self_time.
+            return
         self_time[label] += frame.total_self_time
         path = str(frame.file_path or "")
         if ("/ledger/" in path or path.startswith("ledger/")) and label not in on_stack:
@@ -82,7 +86,9 @@ def profile(name: str, work: Callable[[], object], out: Path, top: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profiles", description=__doc__)
-    parser.add_argument("workload", choices=("import", "verify", "writes", "proofs"))
+    parser.add_argument(
+        "workload", choices=("import", "verify", "verify-single", "writes", "proofs")
+    )
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--rows", type=int, default=100_000, help="rows imported (or writes)")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
@@ -112,6 +118,14 @@ def main(argv: list[str] | None = None) -> None:
                 decide_all(bench_ledger, plan, threads=1)
 
             profile(name, writes, args.out, args.top)
+            return
+        if args.workload == "verify-single":
+            bench_ledger = ctx.new_ledger("single")
+            plan = write_plan(args.rows // 2, bench_ledger.ledger)
+            register_all(bench_ledger, plan, threads=4)
+            decide_all(bench_ledger, plan, threads=4)
+            engine = bench_ledger.ledger.engine
+            profile(name, lambda: verify_ledger(engine), args.out, args.top)
             return
         bench_ledger = ctx.new_ledger("profiled")
         path = ctx.csv(args.rows)

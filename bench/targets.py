@@ -9,11 +9,12 @@ for how they are meant to be measured.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import time
 
-from pymerkle import InmemoryTree
+from pymerkle import InmemoryTree  # type: ignore[import-untyped]
 
 from bench.context import Context
 from bench.core import NotBuilt, Result, Target, measurement, median, percentile, runs_text
@@ -32,6 +33,7 @@ from bench.workloads import (
 from ledger import log
 from ledger.db import read_session
 from ledger.notes import VerifierKey
+from ledger.service import ConsentLedger
 
 # --- not built yet -----------------------------------------------------------------------
 
@@ -216,6 +218,14 @@ def p5_verify_single(ctx: Context) -> list[Result]:
 # --- P6: proofs --------------------------------------------------------------------------
 
 
+def _inclusion(ledger: ConsentLedger, index: int, *, size: int) -> object:
+    return ledger.inclusion_proof(index, size)
+
+
+def _consistency(ledger: ConsentLedger, old: int, *, size: int) -> object:
+    return ledger.consistency_proof(old, size)
+
+
 @measurement("P6", "inclusion and consistency proofs, 10k vs 1M entries, vs pymerkle")
 def p6_proofs(ctx: Context) -> list[Result]:
     bulk, small = ctx.bulk_ledger(), ctx.small_ledger()
@@ -226,12 +236,12 @@ def p6_proofs(ctx: Context) -> list[Result]:
     for bench_ledger, size in ((small, small_size), (bulk, large_size)):
         ledger = bench_ledger.ledger
         indices = sample_indices(size, count)
-        latencies["inclusion", size] = time_each(
-            indices, lambda index, ledger=ledger, size=size: ledger.inclusion_proof(index, size)
-        )
         olds = [index + 1 for index in sample_indices(size - 1, count, seed=7)]
+        latencies["inclusion", size] = time_each(
+            indices, functools.partial(_inclusion, ledger, size=size)
+        )
         latencies["consistency", size] = time_each(
-            olds, lambda old, ledger=ledger, size=size: ledger.consistency_proof(old, size)
+            olds, functools.partial(_consistency, ledger, size=size)
         )
 
     # pymerkle (the Python peer) over the same leaves, proofs from its in-memory tree.

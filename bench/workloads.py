@@ -8,7 +8,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +144,11 @@ def run_concurrently(
             latencies.append(elapsed)
 
     start = time.perf_counter()
+    if threads == 1:
+        # In the calling thread: what `bench.profiles` needs to see the work.
+        for item in items:
+            one(item)
+        return Concurrent(seconds=time.perf_counter() - start, latencies=latencies)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for future in [pool.submit(one, item) for item in items]:
             future.result()
@@ -261,8 +266,3 @@ def time_each(items: Sequence[T], operation: Callable[[T], object]) -> list[floa
         operation(item)
         latencies.append(time.perf_counter() - start)
     return latencies
-
-
-def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

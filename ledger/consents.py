@@ -60,6 +60,8 @@ def validate_decision(
         raise InvalidInput(
             f"must be null or a string of 1-{MAX_NOTICE} characters", field=f"{field}.notice"
         )
+    if notice is not None and not notice.isprintable():
+        raise InvalidInput("must not contain control characters", field=f"{field}.notice")
     effective = (
         now
         if request.effective is None

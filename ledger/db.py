@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ledger.errors import AppendOnlyViolation, NotInitialized
+from ledger.errors import AppendOnlyViolation, NotInitialized, ReadOnlyDatabase
 
 # An arbitrary, fixed 64-bit key: every writer of this database contends for it.
 _WRITE_LOCK_KEY = 0x636F6E73656E74  # "consent"
@@ -76,13 +76,17 @@ def _translate(exc: DBAPIError) -> Exception:
     lowered = message.lower()
     if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
         return NotInitialized("no ledger in this database: run `consent-ledger init`")
+    if "read-only transaction" in lowered or "readonly database" in lowered:
+        return ReadOnlyDatabase(
+            "this server's database is read-only (a replica?): send writes to the primary"
+        )
     if "append-only" in lowered:
         return AppendOnlyViolation(message.splitlines()[0])
     return exc
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def translated_errors() -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
@@ -99,7 +103,7 @@ def write_session(engine: Engine) -> Iterator[Session]:
     Commits when the block ends normally; rolls back on any exception.
     """
     bound = engine.execution_options(**{_WRITE: True})
-    with _translated(), Session(bound, expire_on_commit=False) as session, session.begin():
+    with translated_errors(), Session(bound, expire_on_commit=False) as session, session.begin():
         if engine.dialect.name == "postgresql":
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK_KEY})
         yield session
@@ -108,7 +112,7 @@ def write_session(engine: Engine) -> Iterator[Session]:
 @contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
     """A read-only transaction: one consistent snapshot for everything read in it."""
-    with _translated(), Session(engine, expire_on_commit=False) as session, session.begin():
+    with translated_errors(), Session(engine, expire_on_commit=False) as session, session.begin():
         if engine.dialect.name == "postgresql":
             # REPEATABLE READ gives one snapshot for the whole read, so a proof
             # and the checkpoint it is checked against come from the same moment.

@@ -43,6 +43,10 @@ class NotFresh(LedgerError):
     """This replica has not yet reached the tree size the caller asked for; retry shortly."""
 
 
+class ReadOnlyDatabase(LedgerError):
+    """This server's database refuses writes (a read replica): send writes to the primary."""
+
+
 class NotInitialized(LedgerError):
     """There is no ledger here yet: run `consent-ledger init`."""
 

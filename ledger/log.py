@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -247,9 +247,19 @@ class DbNodeReader:
     def read_nodes(self, keys: Collection[merkle.NodeKey]) -> Mapping[merkle.NodeKey, bytes]:
         if not keys:
             return {}
+        # One `level = ? AND idx IN (…)` term per level: both engines turn this
+        # into primary-key lookups, where a row-value IN makes SQLite scan the table.
+        by_level: dict[int, list[int]] = {}
+        for level, index in keys:
+            by_level.setdefault(level, []).append(index)
         rows = self._session.execute(
             select(col(MerkleNode.level), col(MerkleNode.idx), col(MerkleNode.hash)).where(
-                tuple_(col(MerkleNode.level), col(MerkleNode.idx)).in_(list(keys))
+                or_(
+                    *(
+                        and_(col(MerkleNode.level) == level, col(MerkleNode.idx).in_(indices))
+                        for level, indices in by_level.items()
+                    )
+                )
             )
         )
         return {(level, idx): node for level, idx, node in rows}
@@ -289,6 +299,11 @@ def checkpoint_at(session: Session, size: int) -> CheckpointRow:
 
 
 def read_entries(session: Session, start: int, limit: int) -> list[LogEntry]:
+    # Clamp to the log first: also keeps absurd integers away from the driver.
+    size = tree_size(session)
+    if start >= size:
+        return []
+    limit = min(limit, size - start)
     rows = session.execute(
         select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
         .where(col(LogEntryRow.seq) >= start, col(LogEntryRow.seq) < start + limit)
@@ -298,6 +313,9 @@ def read_entries(session: Session, start: int, limit: int) -> list[LogEntry]:
 
 
 def read_entry(session: Session, seq: int) -> LogEntry:
+    size = tree_size(session)
+    if not 0 <= seq < size:
+        raise NotFound(f"no entry {seq}: the log has {size} entries")
     row = session.get(LogEntryRow, seq)
     if row is None:
         raise NotFound(f"no entry {seq}: the log has {tree_size(session)} entries")

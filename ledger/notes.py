@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -233,10 +234,17 @@ class VerifierKey:
         if len(signature) != ED25519_SIGNATURE_SIZE:
             return False
         try:
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
+            _public_key(self.public_key).verify(signature, message)
         except (InvalidSignature, ValueError):
             return False
         return True
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    # Loading a key costs as much as a verification; verify checks thousands
+    # of checkpoints under the same few keys.
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 class NoteSigner(Protocol):

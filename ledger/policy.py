@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import iso3166
 
+from ledger.canonical import MAX_SAFE_INTEGER
 from ledger.errors import InvalidInput, PolicyError
 
 Default: TypeAlias = Literal["allow", "deny"]
@@ -359,6 +360,10 @@ def _parse_document(doc: Mapping[str, Any]) -> Policy:
     version = doc["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise PolicyError(f"expected a positive integer, got {_kind(version)}", field="version")
+    if version > MAX_SAFE_INTEGER:
+        raise PolicyError(
+            f"must be at most {MAX_SAFE_INTEGER} (an exact JSON number)", field="version"
+        )
 
     minors_eligible = doc["minors_eligible"]
     if not isinstance(minors_eligible, bool):

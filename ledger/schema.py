@@ -36,7 +36,7 @@ class LogEntryRow(SQLModel, table=True):
     kind: str = Field(sa_column=Column(String(64), nullable=False))
     # The subject reference the entry is about, if any: lets a subject's
     # history be read without scanning the log.
-    subject: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    subject: str | None = Field(default=None, sa_column=Column(String(64)))
     canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 

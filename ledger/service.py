@@ -22,7 +22,7 @@ from sqlmodel import col
 
 from ledger import log
 from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
-from ledger.db import make_engine, read_session, write_session
+from ledger.db import make_engine, read_session, translated_errors, write_session
 from ledger.eligibility import Decision, Eligibility, SubjectState, evaluate_eligibility
 from ledger.errors import (
     Conflict,
@@ -267,7 +267,9 @@ class ConsentLedger:
     ) -> SealedAppend | None:
         """Run `build` in a write transaction (shared with concurrent writers) and seal it."""
         if not extra_signers:
-            return self._group.submit(actor, build)
+            # Errors inside a group are raised here, outside its transaction.
+            with translated_errors():
+                return self._group.submit(actor, build)
         signer = self.signing_key()
         with write_session(self.engine) as session:
             writer = LogWriter.open(session, actor=actor)
@@ -525,6 +527,8 @@ class ConsentLedger:
         to reach that tree size, then gives up with NotFresh.
         """
         moment = _now() if at is None else normalize_timestamp(at, field="at")
+        # A replica behind a write's token waits briefly to catch up. An `as_of`
+        # beyond the log is the caller's mistake (422): it names an exact tree.
         if as_of is None and at_least_as_fresh is not None:
             self._await_tree_size(at_least_as_fresh)
         with read_session(self.engine) as session:

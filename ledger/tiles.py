@@ -67,9 +67,11 @@ def parse_tile_path(path: str) -> TileAddress:
 def read_tile(session: Session, address: TileAddress) -> bytes:
     """The tile's bytes, or NotFound if the tree does not (yet) hold all of it."""
     first = address.index * TILE_WIDTH
+    # Nodes at level 8·L exist for the first size >> 8·L positions.
+    level_width = log.tree_size(session) >> (TILE_HEIGHT * (address.level or 0))
+    if first + address.width > level_width:
+        raise NotFound("the tree does not hold this tile yet")
     if address.level is None:
-        if first + address.width > log.tree_size(session):
-            raise NotFound("the log does not hold this entry bundle yet")
         rows = session.execute(
             select(col(LogEntryRow.canonical))
             .where(col(LogEntryRow.seq) >= first, col(LogEntryRow.seq) < first + address.width)

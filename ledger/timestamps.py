@@ -32,7 +32,10 @@ def parse_timestamp(text: str, *, field: str = "time") -> datetime:
         raise InvalidInput(f"expected an RFC 3339 timestamp, got {text!r}", field=field) from exc
     if moment.tzinfo is None:
         raise InvalidInput(f"timestamp {text!r} has no time zone offset", field=field)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"timestamp {text!r} is out of range in UTC", field=field) from None
 
 
 def normalize_timestamp(text: str, *, field: str = "time") -> str:

@@ -15,12 +15,14 @@ from ledger.service import IdempotencyKey
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
+# `:path` routes, so that ids containing `/` (sent as %2F, which servers decode
+# before routing) still reach the handler; suffix routes are declared first.
 SubjectId = Annotated[
     str, Path(min_length=1, max_length=256, description="The platform's own id for the person")
 ]
 
 
-@router.put("/{subject_id}", response_model=WriteOut, status_code=200)
+@router.put("/{subject_id:path}", response_model=WriteOut, status_code=200)
 def put_subject(
     subject_id: SubjectId,
     body: SubjectBody,
@@ -39,7 +41,7 @@ def put_subject(
     return {"token": sealed.tree_size, "receipt": ledger.receipt(sealed).to_json()}
 
 
-@router.post("/{subject_id}/consents", response_model=WriteOut, status_code=201)
+@router.post("/{subject_id:path}/consents", response_model=WriteOut, status_code=201)
 def post_consents(
     subject_id: SubjectId,
     body: ConsentsBody,
@@ -70,7 +72,7 @@ def post_consents(
     return {"token": sealed.tree_size, "receipt": ledger.receipt(sealed).to_json()}
 
 
-@router.get("/{subject_id}/consents")
+@router.get("/{subject_id:path}/consents")
 def get_consents(subject_id: SubjectId, ledger: LedgerDep, _: ReadClient) -> dict[str, Any]:
     """Current attributes and decisions, and eligibility for every category × purpose."""
     view = ledger.subject_view(subject_id)
@@ -88,13 +90,13 @@ def get_consents(subject_id: SubjectId, ledger: LedgerDep, _: ReadClient) -> dic
     }
 
 
-@router.get("/{subject_id}/history")
+@router.get("/{subject_id:path}/history")
 def get_history(subject_id: SubjectId, ledger: LedgerDep, _: ReadClient) -> dict[str, Any]:
     """An evidence bundle of every entry about the subject."""
     return ledger.subject_history(subject_id).to_json()
 
 
-@router.delete("/{subject_id}", response_model=WriteOut)
+@router.delete("/{subject_id:path}", response_model=WriteOut)
 def erase_subject(subject_id: SubjectId, ledger: LedgerDep, client: AdminClient) -> dict[str, Any]:
     """Erasure (GDPR Art. 17): unlink the id from the log; later checks answer `erased`."""
     sealed = ledger.erase_subject(subject_id, actor=client.name)

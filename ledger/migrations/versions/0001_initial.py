@@ -35,7 +35,8 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(64)),
         sa.Column("canonical", sa.LargeBinary, nullable=False),
     )
-    op.create_index("ix_log_entries_subject", "log_entries", ["subject"])
+    # (subject, kind): a subject's history, and its registration for `verify`.
+    op.create_index("ix_log_entries_subject", "log_entries", ["subject", "kind"])
     op.create_index("ix_log_entries_kind_seq", "log_entries", ["kind", "seq"])
     op.create_table(
         "merkle_nodes",

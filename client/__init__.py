@@ -1,0 +1,46 @@
+"""A Python client for platforms using a consent-ledger over HTTP.
+
+    from client import ConsentLedgerClient
+
+    with ConsentLedgerClient(
+        "https://ledger.example.com",
+        api_key=os.environ["CONSENT_LEDGER_API_KEY"],
+        verifier_key=open("ledger.vkey").read(),
+        trust_store=Path("/var/lib/trainer/ledger.checkpoint"),
+    ) as ledger:
+        receipt = ledger.record("user-42", [{"category": "content.public", "decision": "granted"}])
+        ledger.check("user-42", "content.public", at_least_as_fresh=receipt.token)
+        kept = ledger.filter(read_jsonl("posts.jsonl"), category="content.public")
+        write_jsonl("train.jsonl", kept)
+        print(kept.checked_at, kept.kept, dict(kept.dropped))
+
+Every receipt and checkpoint is verified with `ledger.notes` and
+`ledger.merkle`, the same code the ledger and its auditors use.
+"""
+
+from client.core import ConsentLedgerClient, FilterResult, Receipt, VerifiedBundle
+from client.errors import (
+    ApiError,
+    ClientError,
+    InvalidRecord,
+    MissingScope,
+    ProtocolError,
+    TransportError,
+    VerificationError,
+)
+from client.trust import TrustedLog
+
+__all__ = [
+    "ApiError",
+    "ClientError",
+    "ConsentLedgerClient",
+    "FilterResult",
+    "InvalidRecord",
+    "MissingScope",
+    "ProtocolError",
+    "Receipt",
+    "TransportError",
+    "TrustedLog",
+    "VerificationError",
+    "VerifiedBundle",
+]
