@@ -28,36 +28,41 @@ MAX_SAFE_INTEGER = 2**53 - 1
 def _fast_path_safe(value: Any) -> bool:
     """Tell whether orjson's output is the JCS output; raise on floats.
 
-    Iterative and allocation-free on the common path: this runs for every
-    entry written and every entry verified.
+    Scalars are checked in place and only containers go on the stack: this
+    runs for every entry written and every entry verified.
     """
     safe = True
-    stack = [value]
+    stack: list[Any] = [value]
     while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is str or kind is bool or item is None:
-            continue
-        if kind is dict:
-            for key, child in item.items():
+        container = stack.pop()
+        if type(container) is dict:
+            for key in container:
                 if type(key) is not str:
                     raise InvalidInput("object keys must be strings", field=_path_to(value, key))
                 if not key.isascii():
                     safe = False
-                stack.append(child)
-        elif kind is list or kind is tuple:
-            stack.extend(item)
-        elif kind is int:
-            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                safe = False
-        elif kind is float:
-            # The contract bans floats outright: their text forms are a classic
-            # source of disagreement between implementations.
-            raise InvalidInput("floats are not allowed in log entries", field=_path_to(value, item))
+            children: Any = container.values()
         else:
-            raise InvalidInput(
-                f"cannot encode {kind.__name__} in JSON", field=_path_to(value, item)
-            )
+            children = container
+        for child in children:
+            kind = type(child)
+            if kind is str or kind is bool or child is None:
+                continue
+            if kind is int:
+                if not -MAX_SAFE_INTEGER <= child <= MAX_SAFE_INTEGER:
+                    safe = False
+            elif kind is dict or kind is list or kind is tuple:
+                stack.append(child)
+            elif kind is float:
+                # The contract bans floats outright: their text forms are a
+                # classic source of disagreement between implementations.
+                raise InvalidInput(
+                    "floats are not allowed in log entries", field=_path_to(value, child)
+                )
+            else:
+                raise InvalidInput(
+                    f"cannot encode {kind.__name__} in JSON", field=_path_to(value, child)
+                )
     return safe
 
 

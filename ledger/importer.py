@@ -228,8 +228,14 @@ def _boolean(value: Any, name: str) -> bool | None:
     raise InvalidInput(f"expected true or false, got {value!r}", field=name)
 
 
-def parse_record(line: int, raw: dict[str, Any], policy: Policy) -> ImportRecord:
-    """Validate one row; InvalidInput names the field. Defaults are filled in here."""
+def parse_record(
+    line: int, raw: dict[str, Any], policy: Policy, *, check_decision: bool = True
+) -> ImportRecord:
+    """Validate one row; InvalidInput names the field. Defaults are filled in here.
+
+    `check_decision=False` skips validating the decision against the policy:
+    the write pass, which validates it anyway when it builds the entry.
+    """
     if "__error__" in raw:
         raise InvalidInput(str(raw["__error__"]))
     unknown = [name for name in raw if name not in FIELDS and not name.startswith("_")]
@@ -265,8 +271,9 @@ def parse_record(line: int, raw: dict[str, Any], policy: Policy) -> ImportRecord
         effective=None if _blank(raw.get("effective")) else str(raw["effective"]).strip(),
         expires=None if _blank(raw.get("expires")) else str(raw["expires"]).strip(),
     )
-    # Validate now (with a provisional "now"); the write pass fills in its own time.
-    validate_decision(request, policy, now="1970-01-01T00:00:00.000000Z", field="row")
+    if check_decision:
+        # A provisional "now": the write pass fills in the time of its append.
+        validate_decision(request, policy, now="1970-01-01T00:00:00.000000Z", field="row")
     return ImportRecord(line, subject_id, jurisdiction, given, minor, request)
 
 
@@ -346,7 +353,7 @@ def import_file(
             if position <= skip:
                 continue
             if line not in bad_lines:
-                batch.append(parse_record(line, raw, context.policy))
+                batch.append(parse_record(line, raw, context.policy, check_decision=False))
             if len(batch) >= batch_size:
                 _write_batch(context, import_id, batch, position, summary, finished=False)
                 batch = []
