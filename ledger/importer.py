@@ -39,6 +39,7 @@ from ledger.subjects import (
     validate_jurisdiction,
     validate_subject_id,
 )
+from ledger.timestamps import format_timestamp, utc_now
 
 FIELDS = (
     "subject_id",
@@ -272,8 +273,8 @@ def parse_record(
         expires=None if _blank(raw.get("expires")) else str(raw["expires"]).strip(),
     )
     if check_decision:
-        # A provisional "now": the write pass fills in the time of its append.
-        validate_decision(request, policy, now="1970-01-01T00:00:00.000000Z", field="row")
+        # "now" as of validation; the write pass fills in the time of its append.
+        validate_decision(request, policy, now=format_timestamp(utc_now()), field="row")
     return ImportRecord(line, subject_id, jurisdiction, given, minor, request)
 
 
