@@ -26,6 +26,7 @@ from ledger.service import CheckBatch, CheckRequest, ConsentLedger
 router = APIRouter(prefix="/v1/eligibility", tags=["eligibility"])
 
 STREAM_CHUNK = 2_000
+MAX_LINE = 64 * 1024
 
 
 @router.post("/check", response_model=EligibilityOut)
@@ -197,16 +198,25 @@ async def stream(
         yield orjson.dumps(_header(header)) + b"\n"
         pending: list[Any] = []
         buffer = b""
+        overlong = False  # inside a line longer than MAX_LINE: answered, then skipped
         async for chunk in request.stream():
             buffer += chunk
             *complete, buffer = buffer.split(b"\n")
             for line in complete:
-                if line.strip():
+                if overlong:
+                    overlong = False
+                elif line.strip():
                     pending.append(_parse_line(line))
+            if len(buffer) > MAX_LINE:
+                # Constant memory holds per line too: one error result, not a 2 GB buffer.
+                if not overlong:
+                    pending.append(_BadLine(f"line longer than {MAX_LINE} bytes"))
+                overlong = True
+                buffer = b""
             if len(pending) >= STREAM_CHUNK:
                 yield await run_in_threadpool(_stream_chunk, ledger, pending, header, purpose)
                 pending = []
-        if buffer.strip():
+        if buffer.strip() and not overlong:
             pending.append(_parse_line(buffer))
         if pending:
             yield await run_in_threadpool(_stream_chunk, ledger, pending, header, purpose)
@@ -232,11 +242,14 @@ def _parse_line(line: bytes) -> Any:
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:
-        return _BadLine()
+        return _BadLine("not valid JSON")
 
 
 class _BadLine:
     """A line that was not JSON: it gets its own error result, like a bad batch item."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 def _stream_chunk(
@@ -251,7 +264,7 @@ def _stream_chunk(
     out = bytearray()
     for raw, result in zip(items, checked.results, strict=True):
         if isinstance(raw, _BadLine):
-            line: dict[str, Any] = {"error": {"field": "line", "message": "not valid JSON"}}
+            line: dict[str, Any] = {"error": {"field": "line", "message": raw.message}}
         else:
             line = _result(raw, result)
         out += orjson.dumps(line)
