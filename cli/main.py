@@ -24,6 +24,7 @@ from cli.common import (
 )
 from cli.importer import import_command
 from ledger.clients import SCOPES, create_client
+from ledger.datasets import filter_dataset
 from ledger.errors import InvalidInput
 from ledger.evidence import EvidenceBundle, verify_bundle
 from ledger.notes import Checkpoint, Note, VerifierKey
@@ -149,6 +150,65 @@ def check(
         verdict + f": {answer.reason}{decided} (policy v{answer.policy_version}, "
         f"tree size {answer.checked_at}, at {answer.at})",
     )
+
+
+@app.command("filter")
+@guarded
+def filter_command(
+    path: Annotated[
+        Path, typer.Argument(help="Dataset: .csv, .jsonl or .parquet.", exists=True, dir_okay=False)
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Where the eligible records go (same format).")
+    ],
+    purpose: Annotated[str | None, typer.Option(help="Purpose (default ai-training).")] = None,
+    subject_column: Annotated[str, typer.Option(help="Column holding the subject id.")] = (
+        "subject_id"
+    ),
+    category_column: Annotated[
+        str | None, typer.Option(help="Column holding each record's category.")
+    ] = None,
+    category: Annotated[
+        str | None, typer.Option(help="One category for every record (instead of a column).")
+    ] = None,
+    as_of: Annotated[int | None, typer.Option(help="Evaluate at this tree size.")] = None,
+    at: Annotated[str | None, typer.Option(help="Evaluate at this RFC 3339 time.")] = None,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """Keep the records of a dataset that their subjects allow; summarise the rest.
+
+    Records are written unchanged, in order. Rerun with the printed --as-of and
+    --at to reproduce the same output.
+
+    Example: consent-ledger filter posts.jsonl --out train.jsonl --category content.public
+    """
+    if category is not None and category_column is not None:
+        raise InvalidInput("give --category or --category-column, not both", field="--category")
+    column = None if category is not None else (category_column or "category")
+    with open_ledger() as ledger, progress_bar() as progress:
+        task = progress.add_task("filtering", total=None)
+        summary = filter_dataset(
+            ledger,
+            path,
+            out,
+            purpose=purpose,
+            subject_column=subject_column,
+            category_column=column,
+            category=category,
+            as_of=as_of,
+            at=at,
+            progress=lambda rows: progress.update(task, completed=rows),
+        )
+    if as_json:
+        print_json(summary.to_json())
+        return
+    console.print(
+        f"kept {summary.kept} of {summary.rows} records "
+        f"(tree size {summary.checked_at}, at {summary.at}, policy v{summary.policy_version})"
+    )
+    for reason, count in sorted(summary.dropped.items(), key=lambda item: -item[1]):
+        console.print(f"  dropped {count}: {reason}")
+    console.print(f"reproduce with: --as-of {summary.checked_at} --at {summary.at}")
 
 
 @app.command("verify")
