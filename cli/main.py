@@ -10,7 +10,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from cli import clients, consent, keys, policy, proof, subject
+from cli import clients, consent, demo, keys, policy, proof, subject
 from cli.common import (
     JSON_OPTION,
     console,
@@ -44,6 +44,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(policy.app, name="policy")
 app.add_typer(proof.app, name="proof")
 app.add_typer(clients.app, name="clients")
+app.add_typer(demo.app, name="demo")
 app.command("import")(import_command)
 
 

@@ -187,9 +187,7 @@ def filter_dataset(
             requests = [
                 CheckRequest(
                     _text(record.get(subject_column)),
-                    category
-                    if category_column is None
-                    else _text(record.get(category_column)),
+                    category if category_column is None else _text(record.get(category_column)),
                 )
                 for record, _ in chunk
             ]
