@@ -20,7 +20,7 @@ from rich.progress import (
 
 from cli.common import JSON_OPTION, console, err_console, guarded, open_ledger, print_json
 from ledger.errors import InvalidInput
-from ledger.importer import DEFAULT_BATCH, FIELDS, RowError
+from ledger.importer import DEFAULT_BATCH, FIELDS, ImportRejected, RowError
 from ledger.service import cli_actor
 
 HELP = f"""Import subject registrations and consent decisions from CSV (header row) or JSONL.
@@ -95,6 +95,12 @@ def import_command(
                 on_reject=on_reject,
                 progress=advance,
             )
+    except ImportRejected as exc:
+        # Every bad row, one per line: the message alone stops at the first 50.
+        err_console.print(str(exc).splitlines()[0])
+        for error in exc.errors:
+            err_console.print(f"  {error}")
+        raise typer.Exit(2) from None
     finally:
         if handle is not None:
             handle.close()

@@ -60,6 +60,7 @@ def dataset_format(path: Path) -> str:
 class _Records(Protocol):
     """A chunked reader and writer pair for one format."""
 
+    def columns(self) -> list[str] | None: ...  # None: records may differ (JSONL)
     def chunks(self) -> Iterator[list[tuple[dict[str, Any], Any]]]: ...
     def write(self, kept: list[Any]) -> None: ...
     def close(self) -> None: ...
@@ -67,7 +68,7 @@ class _Records(Protocol):
 
 class _CsvRecords:
     def __init__(self, source: Path, out: Path) -> None:
-        self._in: IO[str] = source.open(newline="", encoding="utf-8")
+        self._in: IO[str] = source.open(newline="", encoding="utf-8-sig")
         self._reader = csv.reader(self._in)
         header = next(self._reader, None)
         if header is None:
@@ -76,6 +77,9 @@ class _CsvRecords:
         self._out: IO[str] = out.open("w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._out)
         self._writer.writerow(header)
+
+    def columns(self) -> list[str] | None:
+        return self._header
 
     def chunks(self) -> Iterator[list[tuple[dict[str, Any], Any]]]:
         chunk: list[tuple[dict[str, Any], Any]] = []
@@ -99,6 +103,9 @@ class _JsonlRecords:
     def __init__(self, source: Path, out: Path) -> None:
         self._in: IO[bytes] = source.open("rb")
         self._out: IO[bytes] = out.open("wb")
+
+    def columns(self) -> list[str] | None:
+        return None
 
     def chunks(self) -> Iterator[list[tuple[dict[str, Any], Any]]]:
         chunk: list[tuple[dict[str, Any], Any]] = []
@@ -137,6 +144,9 @@ class _ParquetRecords:
         self._file = pq.ParquetFile(source)
         self._writer = pq.ParquetWriter(out, self._file.schema_arrow)
 
+    def columns(self) -> list[str] | None:
+        return list(self._file.schema_arrow.names)
+
     def chunks(self) -> Iterator[list[tuple[dict[str, Any], Any]]]:
         for batch in self._file.iter_batches(batch_size=CHUNK):
             rows = batch.to_pylist()
@@ -171,6 +181,12 @@ def filter_dataset(
     """Write the eligible records of `source` to `out` (same format); summarise the rest."""
     if (category is None) == (category_column is None):
         raise InvalidInput("give exactly one of a category column or a category", field="category")
+    # Unknown names are the caller's mistake, not a reason to drop every record.
+    policy = ledger.current_policy()
+    if category is not None:
+        policy.check_category(category, field="--category")
+    if purpose is not None:
+        policy.check_purpose(purpose, field="--purpose")
     kind = dataset_format(source)
     if dataset_format(out) != kind:
         raise InvalidInput(f"the output must be {kind} like the input", field="--out")
@@ -181,6 +197,18 @@ def filter_dataset(
         records = _JsonlRecords(source, out)
     else:
         records = _ParquetRecords(source, out)
+    columns = records.columns()
+    if columns is not None:
+        for name, option in (
+            (subject_column, "--subject-column"),
+            (category_column, "--category-column"),
+        ):
+            if name is not None and name not in columns:
+                records.close()
+                raise InvalidInput(
+                    f"the dataset has no column {name!r} (it has {', '.join(columns)})",
+                    field=option,
+                )
     summary = FilterSummary()
     try:
         for chunk in records.chunks():

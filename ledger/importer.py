@@ -169,9 +169,16 @@ class _HashingReader:
         self.digest = hashlib.sha256()
 
     def __iter__(self) -> Iterator[str]:
-        for line in self._handle:
+        for number, line in enumerate(self._handle, start=1):
             self.digest.update(line)
-            yield line.decode("utf-8")
+            try:
+                # utf-8-sig on the first line: spreadsheets start CSV files with a BOM.
+                yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8",
+                    field=f"line {number}",
+                ) from None
 
 
 def read_rows(path: Path, reader: _HashingReader) -> Iterator[tuple[int, dict[str, Any]]]:
