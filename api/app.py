@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
-from api.routes import eligibility, health, log, policy, subjects, tlog
+from api.routes import eligibility, health, log, policy, reports, subjects, tlog
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
 
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = 
         log.router,
         tlog.router,
         policy.router,
+        reports.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

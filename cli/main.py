@@ -10,7 +10,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from cli import clients, consent, demo, keys, policy, proof, subject
+from cli import clients, consent, demo, keys, policy, proof, report, subject
 from cli.common import (
     JSON_OPTION,
     console,
@@ -45,6 +45,8 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(proof.app, name="proof")
 app.add_typer(clients.app, name="clients")
 app.add_typer(demo.app, name="demo")
+app.add_typer(report.app, name="report")
+app.command("verify-report")(report.verify_report_command)
 app.command("import")(import_command)
 
 

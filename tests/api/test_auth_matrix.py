@@ -38,6 +38,8 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/tlog/tile/{path}"): "audit",
     ("GET", "/v1/policy"): "read",
     ("PUT", "/v1/policy"): "admin",
+    ("GET", "/v1/reports/subject/{subject_id}"): "audit",
+    ("GET", "/v1/reports/period"): "audit",
 }
 
 SUBJECT = "matrix-subject"

@@ -1,0 +1,377 @@
+"""The period report: every change in a time window, with figures a DPO or regulator asks for.
+
+The window is the entries whose log time lies in [from, to). Entry times are
+taken under the write lock and shared by every entry of one append, and every
+append ends in a signed checkpoint, so the window is exactly the entries
+between two checkpoints: [first checkpoint size, last checkpoint size).
+
+Evidence, all checkable offline with the ledger's verifier key:
+
+- the signed first and last checkpoints, the RFC 9162 consistency proof
+  between them, and the first checkpoint's frontier (the hashes of the
+  perfect subtrees left of the window). From the frontier and the window's
+  entries, a verifier rebuilds the last checkpoint's root: this proves the
+  entries are exactly the log's entries in the window, none added, dropped,
+  reordered or changed; each checkpoint published in the window is checked
+  the same way;
+- the entries just before and just after the window, with inclusion proofs
+  against the latest checkpoint (and a consistency proof from the last
+  checkpoint to it), whose times show the window is complete at both ends;
+- the policy in force when the window opened, proven the same way.
+
+Every count is recomputed from the entries by verify-report. The regime of a
+decision by a subject registered before the window rests on the jurisdiction
+listed in `prior_jurisdictions` (the ledger's projection at the window's
+start, which the full `verify` checks); the eligibility shares can only be
+recomputed from the report when the window starts at the log's first entry.
+
+Large windows stay fast: entries are read in chunks as raw canonical bytes
+(no ORM objects), parsed once, and written back into the report verbatim.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from ledger import log, merkle
+from ledger.db import make_engine, read_session
+from ledger.eligibility import Decision
+from ledger.errors import InvalidInput, LedgerError, NotFound
+from ledger.evidence import EvidenceBundle, EvidenceEntry
+from ledger.log import DbNodeReader, LogEntry
+from ledger.notes import b64
+from ledger.reports.envelope import REPORT_FORMAT, sign_report
+from ledger.reports.figures import PeriodFigures, PolicyTimeline, no_gc
+from ledger.reports.subject import verifier_key_before
+from ledger.schema import CheckpointRow, ConsentDecision, LogEntryRow, SubjectVersion
+from ledger.service import ConsentLedger
+from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
+from ledger.verify import verify_ledger
+
+CHUNK = 20_000
+
+LIMITS = (
+    "The window's entries are proven complete and unchanged against the first and last "
+    "checkpoints; `boundary` proves the entries on either side lie outside the window.",
+    "Regimes of subjects registered before the window rest on `prior_jurisdictions`, and the "
+    "eligibility shares on the whole log up to the window's end; verify-report recomputes the "
+    "shares only for windows that start at the log's first entry. The full `verify` result "
+    "covers the rest.",
+    "Decisions over time are bucketed by the time each decision took effect; the window "
+    "selects decisions by the time the log recorded them.",
+)
+
+
+def parse_bound(text: str | None, *, field: str) -> str | None:
+    """An RFC 3339 time, or a date (midnight UTC), in the log's timestamp form."""
+    if text is None:
+        return None
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        text += "T00:00:00Z"
+    return normalize_timestamp(text, field=field)
+
+
+def period_report(
+    ledger: ConsentLedger,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    run_verify: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The signed period report for entries recorded in [start, end).
+
+    Returns the document with `report.entries` as `orjson.Fragment`s (the raw
+    canonical bytes, written verbatim by `orjson.dumps`) and those bytes.
+    """
+    now = format_timestamp(utc_now())
+    start = parse_bound(start, field="from")
+    end = parse_bound(end, field="to")
+    if start is not None and end is not None and end <= start:
+        raise InvalidInput(f"must be later than --from ({start})", field="to")
+    signer = ledger.signing_key()
+    # The full verify reads the whole log; it runs in a child process, beside
+    # the window's scan, so a report costs about the longer of the two.
+    child = _start_verify(ledger) if run_verify else None
+    with no_gc(), read_session(ledger.engine) as session:
+        conn = session.connection()
+        origin = log.origin(session)
+        latest = log.latest_checkpoint(session)
+        size = latest.tree_size
+        first = 0 if start is None else _first_at_or_after(conn, start, size)
+        last = size if end is None else _first_at_or_after(conn, end, size)
+        if last == 0:
+            raise InvalidInput("the log has no entries before this time", field="to")
+        first = min(first, last)
+        first_note = log.checkpoint_at(session, first).note if first else None
+        last_note = log.checkpoint_at(session, last).note
+        frontier_keys = merkle.root_node_keys(first)
+        stored = DbNodeReader(session).read_nodes(frontier_keys)
+        frontier = [stored[key] for key in frontier_keys]
+        consistency = log.consistency_proof(session, first, last) if first else []
+        published = [
+            {"size": tree_size, "root": b64(root)}
+            for tree_size, root in conn.execute(
+                select(col(CheckpointRow.tree_size), col(CheckpointRow.root))
+                .where(col(CheckpointRow.tree_size) > first, col(CheckpointRow.tree_size) <= last)
+                .order_by(col(CheckpointRow.tree_size))
+            )
+        ]
+        policies = PolicyTimeline()
+        for entry in _policy_entries(session, first):
+            policies.add(entry.seq, entry.data)
+        boundary = _boundary(session, first, last, size, latest.note)
+        prior, prior_decisions = _prior_state(conn, first)
+        figures = PeriodFigures(policies, prior, prior_decisions)
+        entries: list[bytes] = []
+        for seq, canonical in _stream(conn, first, last, progress):
+            figures.feed(seq, orjson.loads(canonical))
+            entries.append(canonical)
+        at = now if end is None else min(end, now)
+        counts, timeline = figures.counts(), figures.timeline()
+        eligibility = figures.eligibility(at, last)
+    verified = _finish_verify(child) if child is not None else None
+    content: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "kind": "period",
+        "origin": origin,
+        "generated_at": now,
+        "verifier_key": str(signer.verifier_key),
+        "window": {
+            "from": start,
+            "to": end,
+            "first_seq": first,
+            "end_seq": last,
+            "entries": last - first,
+            "first_time": figures.first_time,
+            "last_time": figures.last_time,
+        },
+        "counts": counts,
+        "timeline": timeline,
+        "policies": {
+            "in_force_at_start": _in_force(policies, first),
+            "published": figures.published,
+        },
+        "eligibility": eligibility,
+        "checkpoints": {
+            "first": first_note,
+            "last": last_note,
+            "frontier": [b64(node) for node in frontier],
+            "consistency_proof": [b64(node) for node in consistency],
+            "published": published,
+        },
+        "boundary": boundary,
+        "prior_jurisdictions": {
+            ref: prior[ref][0] for ref in sorted(figures.prior_used) if ref in prior
+        },
+        "verify": verified,
+        "limits": list(LIMITS),
+        "entries": [],
+    }
+    document = sign_report(content, signer, entries)
+    content["entries"] = RawEntries(entries)
+    return document, entries
+
+
+class RawEntries(list[orjson.Fragment]):
+    """Entries written verbatim by orjson (as Fragments), with their raw bytes at hand."""
+
+    def __init__(self, raw: list[bytes]) -> None:
+        super().__init__(orjson.Fragment(item) for item in raw)
+        self.raw = raw
+
+
+def entry_bodies(entries: list[Any]) -> list[dict[str, Any]]:
+    """Entry bodies from a report's `entries`, as built (`RawEntries`) or as read back."""
+    raw = getattr(entries, "raw", None)
+    if raw is not None:
+        return [orjson.loads(item) for item in raw]
+    return entries
+
+
+def full_verify(url: str) -> dict[str, Any]:
+    """`verify_ledger` on the database at `url`, as JSON."""
+    engine = make_engine(url)
+    try:
+        return verify_ledger(engine).to_json()
+    except LedgerError as exc:
+        return {"ok": False, "error": str(exc)}
+    finally:
+        engine.dispose()
+
+
+def _start_verify(ledger: ConsentLedger) -> subprocess.Popen[bytes]:
+    # A fresh interpreter (not fork: the parent may hold threads and pooled
+    # connections); the URL, which may hold a password, goes through stdin.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ledger.reports.period"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdin is not None
+    child.stdin.write(ledger.engine.url.render_as_string(hide_password=False).encode())
+    child.stdin.close()
+    child.stdin = None
+    return child
+
+
+def _finish_verify(child: subprocess.Popen[bytes]) -> dict[str, Any]:
+    out, err = child.communicate()
+    if child.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        return {
+            "ok": False,
+            "error": f"verify did not run: {lines[-1] if lines else child.returncode}",
+        }
+    result: dict[str, Any] = orjson.loads(out)
+    return result
+
+
+def _in_force(policies: PolicyTimeline, first: int) -> dict[str, Any] | None:
+    found = None
+    for seq, version, _ in policies.published:
+        if seq < first:
+            found = {"version": version, "seq": seq}
+    return found
+
+
+def _entry_time(conn: Connection, seq: int) -> str:
+    canonical = conn.execute(
+        select(col(LogEntryRow.canonical)).where(col(LogEntryRow.seq) == seq)
+    ).scalar_one()
+    return str(orjson.loads(canonical)["time"])
+
+
+def _first_at_or_after(conn: Connection, moment: str, size: int) -> int:
+    """The first seq whose time is at or after `moment` (`size` if none): times never decrease."""
+    low, high = 0, size
+    while low < high:
+        middle = (low + high) // 2
+        if _entry_time(conn, middle) < moment:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _policy_entries(session: Session, before: int) -> list[LogEntry]:
+    rows = session.execute(
+        select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
+        .where(col(LogEntryRow.kind) == "policy.published", col(LogEntryRow.seq) < before)
+        .order_by(col(LogEntryRow.seq))
+    )
+    return [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
+
+
+def _boundary(session: Session, first: int, last: int, size: int, note: str) -> dict[str, Any]:
+    wanted = []
+    if first > 0:
+        wanted.append(first - 1)
+        in_force = _policy_entries(session, first)
+        if in_force and in_force[-1].seq != first - 1:
+            wanted.append(in_force[-1].seq)
+    if last < size:
+        wanted.append(last)
+    bundle = EvidenceBundle(
+        verifier_key=verifier_key_before(session, size),
+        checkpoint=note,
+        entries=tuple(
+            EvidenceEntry(
+                index=seq,
+                canonical=log.read_entry(session, seq).canonical,
+                inclusion=tuple(log.inclusion_proof(session, seq, size)),
+            )
+            for seq in sorted(wanted)
+        ),
+    )
+    proof = log.consistency_proof(session, last, size) if last < size else []
+    return {
+        "evidence": bundle.to_json(),
+        "consistency_proof": [b64(node) for node in proof],
+    }
+
+
+def _prior_state(
+    conn: Connection, first: int
+) -> tuple[dict[str, tuple[str | None, bool]], dict[str, list[Decision]]]:
+    """Subjects (jurisdiction, minor) and decisions as of the window's start, from projections."""
+    prior: dict[str, tuple[str | None, bool]] = {}
+    decisions: dict[str, list[Decision]] = {}
+    if first == 0:
+        return prior, decisions
+    for ref, jurisdiction, minor, erased in conn.execute(
+        select(
+            col(SubjectVersion.ref),
+            col(SubjectVersion.jurisdiction),
+            col(SubjectVersion.minor),
+            col(SubjectVersion.erased),
+        )
+        .where(col(SubjectVersion.seq) < first)
+        .order_by(col(SubjectVersion.seq))
+    ):
+        if erased:
+            prior.pop(ref, None)
+            decisions.pop(ref, None)
+        else:
+            prior[ref] = (jurisdiction, bool(minor))
+    for row in conn.execute(
+        select(
+            col(ConsentDecision.seq),
+            col(ConsentDecision.ref),
+            col(ConsentDecision.category),
+            col(ConsentDecision.purpose),
+            col(ConsentDecision.decision),
+            col(ConsentDecision.explicit),
+            col(ConsentDecision.effective),
+            col(ConsentDecision.expires),
+        ).where(col(ConsentDecision.seq) < first)
+    ):
+        seq, ref, category, purpose, decision, explicit, effective, expires = row
+        if ref in prior:
+            decisions.setdefault(ref, []).append(
+                Decision(seq, category, purpose, decision, bool(explicit), effective, expires)  # type: ignore[arg-type]
+            )
+    return prior, decisions
+
+
+def _stream(
+    conn: Connection, first: int, last: int, progress: Callable[[int, int], None] | None
+) -> Iterator[tuple[int, bytes]]:
+    # The DBAPI cursor directly: SQLAlchemy's per-row processing would cost more
+    # than everything else done per entry.
+    placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"SELECT seq, canonical FROM log_entries WHERE seq >= {placeholder} "
+        f"AND seq < {placeholder} ORDER BY seq"
+    )
+    cursor = conn.connection.cursor()
+    try:
+        for start in range(first, last, CHUNK):
+            end = min(start + CHUNK, last)
+            cursor.execute(sql, (start, end))
+            rows = cursor.fetchall()
+            if len(rows) != end - start:
+                raise NotFound(f"entries {start}..{end - 1} are incomplete: run `verify`")
+            for seq, canonical in rows:
+                yield seq, bytes(canonical)
+            if progress is not None:
+                progress(end - first, last - first)
+    finally:
+        cursor.close()
+
+
+def _main() -> None:
+    sys.stdout.buffer.write(orjson.dumps(full_verify(sys.stdin.read().strip())))
+
+
+if __name__ == "__main__":
+    _main()
