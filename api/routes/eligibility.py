@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -199,23 +200,26 @@ async def stream(
         pending: list[Any] = []
         buffer = b""
         overlong = False  # inside a line longer than MAX_LINE: answered, then skipped
-        async for chunk in request.stream():
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for line in complete:
-                if overlong:
-                    overlong = False
-                elif line.strip():
-                    pending.append(_parse_line(line))
-            if len(buffer) > MAX_LINE:
-                # Constant memory holds per line too: one error result, not a 2 GB buffer.
-                if not overlong:
-                    pending.append(_BadLine(f"line longer than {MAX_LINE} bytes"))
-                overlong = True
-                buffer = b""
-            if len(pending) >= STREAM_CHUNK:
-                yield await run_in_threadpool(_stream_chunk, ledger, pending, header, purpose)
-                pending = []
+        try:
+            async for chunk in request.stream():
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                for line in complete:
+                    if overlong:
+                        overlong = False
+                    elif line.strip():
+                        pending.append(_parse_line(line))
+                if len(buffer) > MAX_LINE:
+                    # Constant memory holds per line too: one error result, not a huge buffer.
+                    if not overlong:
+                        pending.append(_BadLine(f"line longer than {MAX_LINE} bytes"))
+                    overlong = True
+                    buffer = b""
+                if len(pending) >= STREAM_CHUNK:
+                    yield await run_in_threadpool(_stream_chunk, ledger, pending, header, purpose)
+                    pending = []
+        except ClientDisconnect:
+            return  # the client went away: nobody is left to answer
         if buffer.strip() and not overlong:
             pending.append(_parse_line(buffer))
         if pending:
