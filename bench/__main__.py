@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,12 +26,13 @@ from rich.table import Table
 import bench.targets  # noqa: F401  (registers the measurements)
 from bench.context import DEFAULT_POSTGRES_URL, SCALES, Context, Engine
 from bench.core import REGISTRY, NotBuilt, Result
+from bench.server import CORES_TEXT
 
 CORES_NOTE = (
-    "2 cores. Children (`import`, `verify`) and in-process threads are pinned to nothing: "
-    "Python holds one core (GIL) and the database takes the other (PostgreSQL server; "
-    "SQLite runs inside the Python process). HTTP targets, once built: server on core 0, "
-    "load generator on core 1."
+    f"{os.cpu_count()} cores. Children (`import`, `verify`, `filter`) and in-process threads "
+    "are pinned to nothing: Python holds one core (GIL) and the database takes the other "
+    "(PostgreSQL server; SQLite runs inside the Python process). HTTP targets (P1, P2, P4, "
+    f"P7 API): {CORES_TEXT}."
 )
 
 
@@ -46,12 +48,36 @@ def machine() -> dict[str, Any]:
     except (OSError, ValueError):
         memory_gb = 0.0
     return {
+        "load_average": [round(value, 2) for value in os.getloadavg()],
         "cpu": model,
         "cores": os.cpu_count(),
         "memory_gb": memory_gb,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def revision() -> str:
+    """The commit measured, `+dirty` when ledger/, api/ or cli/ differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "ledger", "api", "cli"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def _number(value: float | None, unit: str = "", bound: str = "") -> str:
@@ -131,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[Result] = []
     failed = False
+    info_before = machine()
+    commit = revision()
     started = time.perf_counter()
     try:
         for item in selected:
@@ -152,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.close()
     total = time.perf_counter() - started
+    load_before = info_before["load_average"]
     results.sort(key=lambda result: result.key)  # stable: registry order within a key
     info = machine()
     title = (
         f"consent-ledger benchmarks — {args.db}, scale {args.scale}, "
-        f"{info['cores']} cores {info['cpu']}, {info['memory_gb']} GB, {total:.0f} s"
+        f"commit {commit}, {info['cores']} cores {info['cpu']}, {info['memory_gb']} GB, "
+        f"{total:.0f} s, "
+        f"load average {load_before[0]:.1f} before, {info['load_average'][0]:.1f} after"
     )
     render(results, title, console)
     console.print(f"[dim]{CORES_NOTE}[/]", highlight=False)
@@ -166,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             "scale": args.scale,
             "seconds": total,
             "machine": info,
+            "load_average_before": load_before,
+            "commit": commit,
             "cores": CORES_NOTE,
             "results": [result.to_json() for result in results],
         }

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,10 @@ class Scale:
     proofs: int  # P6: proofs per measurement (random leaves)
     repeats: int  # fast measurements: median of this many runs
     verify_timeout: float  # P5: a verify still running after this is stopped
+    batches: int  # P1: distinct 10k-item batches (each sent once cold, then `batch_passes` warm)
+    batch_passes: int  # P1: warm passes over the batches
+    checks: int  # P2: single checks over HTTP (the bare baseline gets the same count)
+    http_seconds: float  # P1/P2/P4: a load phase stops sending after this many seconds
 
 
 SCALES = {
@@ -63,6 +68,10 @@ SCALES = {
         proofs=100,
         repeats=3,
         verify_timeout=30,
+        batches=5,
+        batch_passes=1,
+        checks=2_000,
+        http_seconds=30,
     ),
     "full": Scale(
         name="full",
@@ -75,6 +84,10 @@ SCALES = {
         proofs=300,
         repeats=3,
         verify_timeout=180,
+        batches=10,
+        batch_passes=3,
+        checks=5_000,
+        http_seconds=60,
     ),
 }
 
@@ -134,6 +147,7 @@ class Context:
         self._databases: list[str] = []
         self._ledgers: list[BenchLedger] = []
         self.cache: dict[str, Any] = {}
+        self._cleanups: list[Callable[[], None]] = []
 
     # --- scratch databases ------------------------------------------------------------
 
@@ -158,7 +172,16 @@ class Context:
         self._ledgers.append(bench_ledger)
         return bench_ledger
 
+    def on_close(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` (e.g. stop a server) when the run ends, before databases are dropped."""
+        self._cleanups.append(cleanup)
+
     def close(self) -> None:
+        while self._cleanups:
+            try:
+                self._cleanups.pop()()
+            except Exception as exc:  # a failed cleanup must not keep the rest from running
+                print(f"cleanup failed: {exc!r}", file=sys.stderr)
         for bench_ledger in self._ledgers:
             bench_ledger.ledger.close()
         if self.keep:

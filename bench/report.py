@@ -23,9 +23,17 @@ def _cell(text: str) -> str:
 def markdown(payload: dict[str, Any]) -> str:
     machine = payload["machine"]
     lines = [
-        f"`--db {payload['db']} --scale {payload['scale']}`: {payload['seconds']:.0f} s on "
+        f"`--db {payload['db']} --scale {payload['scale']}`"
+        + (f" at commit {payload['commit']}" if "commit" in payload else "")
+        + f": {payload['seconds']:.0f} s on "
         f"{machine['cores']} × {machine['cpu']}, {machine['memory_gb']} GB, "
-        f"Python {machine['python']}",
+        f"Python {machine['python']}"
+        + (
+            f"; load average {payload['load_average_before'][0]:.1f} before, "
+            f"{machine['load_average'][0]:.1f} after"
+            if "load_average_before" in payload
+            else ""
+        ),
         "",
         "| # | measurement | figure | baseline | ratio | target | met? |",
         "|---|---|---:|---:|---:|---|:---:|",

@@ -1,23 +1,33 @@
 """One registered measurement per SPEC §6 target, each beside its baseline.
 
 Adding a measurement is one function: decorate it with `@measurement(key,
-title)`, return `Result`s (figure, baseline, unit, `Target`). The HTTP
-targets (P1, P2, P4, P7 API) and `filter` raise `NotBuilt` until their
-issues land; `bench.loadgen` is not written yet either, see docs/BENCHMARKS.md
-for how they are meant to be measured.
+title)`, return `Result`s (figure, baseline, unit, `Target`); raise
+`NotBuilt` while its subject does not exist. The HTTP targets (P1, P2, P4,
+P7 API) run a real server and a load-generator process, each pinned to its
+core (`bench.apiload`, `bench.server`, `bench.loadgen`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import sys
 import time
 
 from pymerkle import InmemoryTree  # type: ignore[import-untyped]
 
+from bench.apiload import (
+    BATCH_CONNECTIONS,
+    BATCH_ITEMS,
+    CLIENTS,
+    WARMUP_CHECKS,
+    api_server,
+    batch_load,
+    check_load,
+    write_load,
+)
 from bench.context import Context
-from bench.core import NotBuilt, Result, Target, measurement, median, percentile, runs_text
+from bench.core import Result, Target, measurement, median, percentile, runs_text
+from bench.server import WORKERS
 from bench.workloads import (
     decide_all,
     plain_insert,
@@ -35,41 +45,76 @@ from ledger.db import read_session
 from ledger.notes import VerifierKey
 from ledger.service import ConsentLedger
 
-# --- not built yet -----------------------------------------------------------------------
-
-
-def _require_api() -> None:
-    try:
-        importlib.import_module("api.app")
-    except ModuleNotFoundError:
-        raise NotBuilt("not built yet (API issue)") from None
-    raise NotBuilt("not built yet (API issue: api/ is in progress, measurement not written)")
+# --- HTTP: P1, P2 (P4 and P7's API half below) ------------------------------------------------
 
 
 @measurement("P1", "batch eligibility over HTTP, 10k-item batches")
 def p1_batch_eligibility(ctx: Context) -> list[Result]:
-    """Figure: items/s of POST /v1/check/batch (10k items) from the load generator.
-    Baseline: the same (subject, category) pairs looked up by a bare indexed SQL
-    query in the same database. Target: ≥ 200,000 items/s and ≥ 0.5 × baseline."""
-    _require_api()
-    return []
+    """Figure: items/s of POST /v1/eligibility/batch (10k items) from the load generator,
+    after a cold pass. Baseline: the same subjects' mapping and decision rows read by
+    one bare indexed SQL query per batch in the same database.
+    Target: ≥ 200,000 items/s and ≥ 0.5 × baseline."""
+    stats = batch_load(ctx)
+    warm_total = stats["warm_batches"]
+    cut = ", stopped at the time bound" if stats["timed_out"] else ""
+    return [
+        Result(
+            key="P1",
+            what=f"batch eligibility over HTTP, {BATCH_ITEMS:,}-item batches of pairs from the "
+            f"bulk population ({stats['distinct_subjects']:,} subjects)",
+            unit="items/s",
+            figure=stats["warm_rate"],
+            baseline=stats["sql_rate"],
+            baseline_what="one indexed IN query per batch for the same subjects' mapping + "
+            f"decision rows ({stats['sql_rows']:,} rows per batch), DBAPI, in one process",
+            target=Target(minimum=200_000, ratio_min=0.5, text="≥ 200,000 items/s; ratio ≥ 0.5"),
+            runs=f"{stats['batches']} batches sent once (cold), then {warm_total} warm sends"
+            f"{cut}, {BATCH_CONNECTIONS} connections; baseline: median of {stats['batches']}",
+            note=f"cold (first pass after start-up): {stats['cold_rate']:,.0f} items/s; "
+            f"warm batch latency p50 {stats['p50_ms']:.0f} ms; request "
+            f"{stats['request_kb']:,.0f} KB, answer {stats['response_kb']:,.0f} KB; "
+            f"answers to batch 1 that differ from in-process check_many: {stats['mismatches']}",
+        )
+    ]
 
 
 @measurement("P2", "single check over HTTP, 32 concurrent clients")
 def p2_single_check(ctx: Context) -> list[Result]:
-    """Figure: p50/p99 latency and throughput of GET /v1/check at 32 clients.
-    Baseline: a bare FastAPI endpoint returning a constant, same uvicorn settings.
-    Target: p99 ≤ 20 ms and throughput ≥ 0.5 × baseline."""
-    _require_api()
-    return []
-
-
-@measurement("P4", "single-write API, 32 concurrent clients")
-def p4_http_writes(ctx: Context) -> list[Result]:
-    """Figure: writes/s of POST /v1/subjects/{id}/consents with receipts at 32 clients.
-    Target: ≥ 500 writes/s."""
-    _require_api()
-    return []
+    """Figure: p50/p99 latency and throughput of POST /v1/eligibility/check from 32
+    keep-alive connections. Baseline: a bare FastAPI endpoint returning a constant,
+    same uvicorn settings. Target: p99 ≤ 20 ms and throughput ≥ 0.5 × baseline."""
+    stats = check_load(ctx)
+    cut = ", stopped at the time bound" if stats["timed_out"] else ""
+    runs = (
+        f"{stats['checks']:,} checks{cut} from {CLIENTS} connections after a warm-up "
+        f"(batches of the same pairs, {WARMUP_CHECKS} checks); bare: {stats['bare_checks']:,}"
+    )
+    bare = "bare FastAPI `async def` returning a constant, same uvicorn settings"
+    return [
+        Result(
+            key="P2",
+            what=f"single check over HTTP, {CLIENTS} concurrent clients: latency",
+            unit="ms",
+            figure=stats["p99_ms"],
+            baseline=stats["bare_p99_ms"],
+            baseline_what=f"p99 of the {bare}",
+            target=Target(maximum=20, text="p99 ≤ 20 ms"),
+            runs=runs,
+            note=f"p99; p50 {stats['p50_ms']:.1f} ms, p90 {stats['p90_ms']:.1f} ms "
+            f"(bare p50 {stats['bare_p50_ms']:.1f} ms)",
+        ),
+        Result(
+            key="P2",
+            what=f"single check over HTTP, {CLIENTS} concurrent clients: throughput",
+            unit="checks/s",
+            figure=stats["rate"],
+            baseline=stats["bare_rate"],
+            baseline_what=f"{bare}; as a plain `def` (thread pool, like the real route): "
+            f"{stats['sync_rate']:,.0f}/s",
+            target=Target(ratio_min=0.5, text="ratio ≥ 0.5"),
+            runs=runs,
+        ),
+    ]
 
 
 # --- P3: import --------------------------------------------------------------------------
@@ -315,22 +360,42 @@ def p6_proofs(ctx: Context) -> list[Result]:
 
 @measurement("P7", "API RSS under load")
 def p7_api(ctx: Context) -> list[Result]:
-    """Figure: peak RSS of the API process during the P2 load. Target ≤ 250 MB."""
-    _require_api()
-    return []
+    """Figure: peak RSS of the API server process(es) over P1's and P2's loads
+    (VmHWM, and psutil samples every 50 ms). Baseline: its RSS once ready.
+    Target ≤ 250 MB."""
+    batches = batch_load(ctx)
+    checks = check_load(ctx)
+    api = api_server(ctx)
+    server = api.server
+    processes = len(server.processes())
+    return [
+        Result(
+            key="P7",
+            what=f"peak RSS of `consent-ledger serve` ({WORKERS} worker) under P1 + P2 load",
+            unit="MB",
+            figure=server.peak_mb(),
+            baseline=api.idle_rss_mb,
+            baseline_what="the same server once ready, before any request",
+            target=Target(maximum=250, text="≤ 250 MB"),
+            runs=f"1 run: {batches['batches'] * (1 + batches['passes']):,} batches of "
+            f"{BATCH_ITEMS:,}, then {checks['checks']:,} single checks",
+            note=f"{processes} process(es); kernel VmHWM {server.hwm_mb():,.0f} MB, "
+            f"highest psutil sample {server.peak_rss_mb:,.0f} MB; "
+            f"start-up to ready {api.startup_seconds:.1f} s",
+        )
+    ]
 
 
 @measurement("P7", "peak RSS of `import` of the bulk file")
 def p7_import(ctx: Context) -> list[Result]:
     bulk = ctx.bulk_ledger()
-    bare = ctx.run_child([ctx.console_script(), "--version"])
     return [
         Result(
             key="P7",
             what=f"peak RSS of `consent-ledger import` of {bulk.info['rows']:,} rows",
             unit="MB",
             figure=bulk.info["max_rss_mb"],
-            baseline=bare.max_rss_mb,
+            baseline=_bare_rss(ctx),
             baseline_what="`consent-ledger --version` (interpreter and imports)",
             target=Target(maximum=300, text="≤ 300 MB"),
             runs="1 run (peak RSS by GNU time %M)",
@@ -338,12 +403,70 @@ def p7_import(ctx: Context) -> list[Result]:
     ]
 
 
-@measurement("P7", "peak RSS of `filter` of 1M rows")
-def p7_filter(ctx: Context) -> list[Result]:
-    """Figure: peak RSS of `consent-ledger filter` over a 1M-row file. Target ≤ 300 MB."""
-    from cli.main import app
+def _bare_rss(ctx: Context) -> float:
+    if "bare_rss" not in ctx.cache:
+        ctx.cache["bare_rss"] = ctx.run_child([ctx.console_script(), "--version"]).max_rss_mb
+    rss: float = ctx.cache["bare_rss"]
+    return rss
 
-    names = {command.name for command in app.registered_commands}
-    if "filter" not in names:
-        raise NotBuilt("not built yet (filter issue)")
-    raise NotBuilt("not built yet (filter exists, measurement not written)")
+
+@measurement("P7", "peak RSS of `filter` of the bulk file")
+def p7_filter(ctx: Context) -> list[Result]:
+    """Figure: peak RSS of `consent-ledger filter` of the bulk CSV (every row a record,
+    its `category` column the record's category) against the bulk ledger. Target ≤ 300 MB."""
+    bulk = ctx.bulk_ledger()
+    rows = bulk.info["rows"]
+    out = ctx.tmp / "filtered.csv"
+    run = ctx.run_child(
+        [ctx.console_script(), "filter", str(ctx.csv(rows)), "--out", str(out), "--json"],
+        env=bulk.env,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"filter failed ({run.returncode}): {run.stderr[-2000:]}")
+    summary = run.json()
+    out.unlink(missing_ok=True)
+    return [
+        Result(
+            key="P7",
+            what=f"peak RSS of `consent-ledger filter` of {rows:,} CSV rows",
+            unit="MB",
+            figure=run.max_rss_mb,
+            baseline=_bare_rss(ctx),
+            baseline_what="`consent-ledger --version` (interpreter and imports)",
+            target=Target(maximum=300, text="≤ 300 MB"),
+            runs="1 run (peak RSS by GNU time %M)",
+            note=f"{summary['kept']:,} of {summary['rows']:,} kept; "
+            f"{rows / run.seconds:,.0f} rows/s (CLI wall time, start-up included)",
+        )
+    ]
+
+
+# --- P4 over HTTP (after P5/P6: runs last, on its own ledger and server) --------------------
+
+
+@measurement("P4", "single-write API, 32 concurrent clients")
+def p4_http_writes(ctx: Context) -> list[Result]:
+    """Figure: writes/s of POST /v1/subjects/{id}/consents (one decision, a unique
+    Idempotency-Key, the receipt in the answer) from 32 connections, on a fresh ledger
+    whose subjects were registered just before (in-process, as for the P4 row above).
+    Baseline: the same writes in-process (the P4 row above). Target: ≥ 500 writes/s."""
+    stats = write_load(ctx)
+    in_process = single_ledger(ctx)
+    cut = ", stopped at the time bound" if stats["timed_out"] else ""
+    return [
+        Result(
+            key="P4",
+            what=f"single-write API over HTTP: {stats['writes']:,} × POST consents (one "
+            f"decision, unique Idempotency-Key) with receipt, {CLIENTS} clients",
+            unit="writes/s",
+            figure=stats["rate"],
+            baseline=in_process["rate"],
+            baseline_what="the same writes in-process (record_consents + receipt, 32 threads)",
+            target=Target(minimum=500, text="≥ 500 writes/s"),
+            runs=f"1 run after {stats['warmup']} warm-up writes{cut}",
+            note=f"latency p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms; "
+            f"{stats['entries_per_write']:.2f} entries per write; receipts "
+            f"{stats['receipt_kb']:.1f} KB, {stats['receipts_verified']} sampled verified "
+            f"with verify_bundle; server peak RSS {stats['peak_rss_mb']:,.0f} MB",
+        )
+    ]

@@ -266,3 +266,91 @@ def time_each(items: Sequence[T], operation: Callable[[T], object]) -> list[floa
         operation(item)
         latencies.append(time.perf_counter() - start)
     return latencies
+
+
+# --- HTTP targets (P1, P2, P4): requests from the benchmark population ----------------------
+
+Pair = tuple[str, str, str]  # (subject_id, category, purpose or "" for the default)
+
+
+def sample_pairs(path: Path, count: int, seed: int) -> list[Pair]:
+    """`count` (subject, category, purpose) triples of decision rows of the CSV, in random order.
+
+    A uniform sample without replacement (reservoir) while the file has enough
+    decision rows, topped up with repeats when it has not (small scale).
+    """
+    rng = random.Random(seed)
+    reservoir: list[Pair] = []
+    seen = 0
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        subject_at, category_at, purpose_at = (
+            header.index(name) for name in ("subject_id", "category", "purpose")
+        )
+        for values in reader:
+            if not values[category_at]:
+                continue  # a registration-only row
+            pair = (values[subject_at], values[category_at], values[purpose_at])
+            if len(reservoir) < count:
+                reservoir.append(pair)
+            else:
+                slot = rng.randrange(seen + 1)
+                if slot < count:
+                    reservoir[slot] = pair
+            seen += 1
+    rng.shuffle(reservoir)
+    if reservoir and len(reservoir) < count:
+        reservoir += rng.choices(reservoir, k=count - len(reservoir))
+    return reservoir
+
+
+def check_item(pair: Pair) -> dict[str, str]:
+    subject_id, category, purpose = pair
+    item = {"subject_id": subject_id, "category": category}
+    if purpose:
+        item["purpose"] = purpose
+    return item
+
+
+def decision_json(request: DecisionRequest) -> dict[str, object]:
+    """A DecisionRequest as the body of POST /v1/subjects/{id}/consents takes it."""
+    document: dict[str, object] = {
+        "category": request.category,
+        "decision": request.decision,
+        "explicit": bool(request.explicit),
+        "method": request.method,
+    }
+    for name in ("purpose", "notice", "effective", "expires"):
+        value = getattr(request, name)
+        if value is not None:
+            document[name] = value
+    return document
+
+
+# --- P1 baseline: a bare indexed SQL lookup of the same pairs --------------------------------
+
+
+def sql_lookup(engine: Engine, subject_ids: Sequence[str]) -> int:
+    """The mapping and decision rows of a batch's subjects, by one indexed IN query.
+
+    What any eligibility answer must at least read: `subjects` by its primary
+    key, then `consent_decisions` by `ix_consent_decisions_ref_seq`, fetched
+    as DBAPI tuples, without evaluating anything. Returns the rows read.
+    """
+    distinct = list(dict.fromkeys(subject_ids))
+    columns = (
+        "s.subject_id, s.ref, d.seq, d.category, d.purpose, d.decision, d.explicit, "
+        "d.effective, d.expires FROM subjects s LEFT JOIN consent_decisions d ON d.ref = s.ref"
+    )
+    with engine.connect() as connection:
+        cursor = connection.connection.cursor()
+        try:
+            if is_sqlite(engine):
+                marks = ",".join("?" * len(distinct))
+                cursor.execute(f"SELECT {columns} WHERE s.subject_id IN ({marks})", distinct)
+            else:
+                cursor.execute(f"SELECT {columns} WHERE s.subject_id = ANY(%s)", (distinct,))
+            return len(cursor.fetchall())
+        finally:
+            cursor.close()
