@@ -304,6 +304,13 @@ def memory_workload(workload: str, ctx: Context, rows: int, out: Path, top: int)
     path = ctx.csv(rows)
     bench_ledger.ledger.import_file(path, actor=ACTOR)
     ledger = ConsentLedger(bench_ledger.settings)
+    pairs = sample_pairs(path, 10 * BATCH_ITEMS, seed=11)
+    batches = [
+        [check_item(pair) for pair in pairs[at : at + BATCH_ITEMS]]
+        for at in range(0, len(pairs), BATCH_ITEMS)
+    ]
+    if workload == "memory-filter":
+        batches = []  # the requests are the batch workload's, made before tracing starts
     process = psutil.Process()
     rss_before = process.memory_info().rss
     tracemalloc.start()
@@ -311,10 +318,8 @@ def memory_workload(workload: str, ctx: Context, rows: int, out: Path, top: int)
         what = f"filter_dataset of {rows:,} CSV rows"
         filter_dataset(ledger, path, ctx.tmp / "filtered.csv")
     else:
-        pairs = sample_pairs(path, 10 * BATCH_ITEMS, seed=11)
-        what = f"10 batches of {BATCH_ITEMS:,} through the batch route's _evaluate"
-        for at in range(0, len(pairs), BATCH_ITEMS):
-            items = [check_item(pair) for pair in pairs[at : at + BATCH_ITEMS]]
+        what = f"{len(batches)} batches of {BATCH_ITEMS:,} through the batch route's _evaluate"
+        for items in batches:
             _evaluate(ledger, items, None, None, None, None)
     current, peak = tracemalloc.get_traced_memory()
     snapshot = tracemalloc.take_snapshot()
