@@ -97,7 +97,6 @@ class LogWriter:
     # The key this append must be signed with (the last one announced).
     verifier_key: str
     _tree: merkle.TreeBuilder
-    _start: int
     _pending: list[LogEntry] = field(default_factory=list)
     _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
     _projected: int = 0
@@ -121,7 +120,6 @@ class LogWriter:
             time=time,
             verifier_key=state.verifier_key,
             _tree=tree,
-            _start=size,
         )
 
     @property

@@ -550,7 +550,7 @@ class ConsentLedger:
                 except InvalidInput as exc:
                     parsed.append(exc)
             subject_ids = {item[0] for item in parsed if not isinstance(item, InvalidInput)}
-            states, decisions = self._load_subjects(session, subject_ids, checked_at)
+            states, decisions = self._load_subjects(session, subject_ids, checked_at, size)
         results: list[Eligibility | InvalidInput] = []
         for item in parsed:
             if isinstance(item, InvalidInput):
@@ -586,11 +586,14 @@ class ConsentLedger:
             time.sleep(0.02)
 
     def _load_subjects(
-        self, session: Session, subject_ids: Iterable[str], as_of: int
+        self, session: Session, subject_ids: Iterable[str], as_of: int, tree_size: int
     ) -> tuple[dict[str, SubjectState], dict[str, list[Decision]]]:
-        """Subject states and decisions as of a tree size: from the cache, else grouped queries."""
+        """Subject states and decisions as of a tree size: from the cache, else grouped queries.
+
+        `tree_size` is the session's snapshot size, which the caller has already read.
+        """
         ids = list(subject_ids)
-        states, decisions = self._subjects.lookup(session, ids, as_of, log.tree_size(session))
+        states, decisions = self._subjects.lookup(session, ids, as_of, tree_size)
         unmapped = [subject_id for subject_id in ids if subject_id not in states]
         if unmapped:
             secret = self.keys.secret(ERASURE_SECRET)
@@ -619,7 +622,7 @@ class ConsentLedger:
                 _refuse_unknown_subject(session, subject_id, self.keys.secret(ERASURE_SECRET))
                 raise AssertionError("unreachable")
             version, policy = self._policy_row_at(session, size)
-            states, decisions = self._load_subjects(session, [subject_id], size)
+            states, decisions = self._load_subjects(session, [subject_id], size, size)
             registered_seq = session.scalar(
                 select(func.min(col(SubjectVersion.seq))).where(
                     col(SubjectVersion.ref) == mapping.ref
