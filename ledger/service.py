@@ -143,7 +143,7 @@ class ConsentLedger:
         self._signing_key: SigningKey | None = None
         self._policies: dict[int, Policy] = {}
         self._group = GroupCommitter(self._run_group)
-        self._subjects = SubjectCache()
+        self._subjects = SubjectCache(max_bytes=self.settings.subject_cache_mb * 2**20)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -10,13 +10,24 @@ What is never cached: ids that are not (or no longer) registered — they may be
 registered later, and erased ids are answered from the database's keyed hashes.
 An erasure drops the subject from the cache, so no process memory keeps the
 link between an erased id and the log either.
+
+The cache is bounded by an estimate of the memory it holds, not by a count of
+subjects (one subject has one decision, another hundreds). When it is full a
+random quarter of the subjects go. Dataset builds scan their subjects once or
+cycle through more of them than fit, and under a cyclic scan LRU and FIFO evict
+exactly the subjects needed next and hit nothing; random eviction still hits
+about in proportion to what fits. Evicting in bulk keeps the cost per lookup
+constant.
 """
 
 from __future__ import annotations
 
+import random
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import select
@@ -27,6 +38,24 @@ from ledger.eligibility import Decision, SubjectState
 from ledger.schema import ConsentDecision, SubjectMapping, SubjectVersion
 
 _IN_CHUNK = 900
+DEFAULT_MAX_BYTES = 96 * 2**20
+
+# What one cached subject and each of its rows cost in CPython objects, measured
+# with tracemalloc (`python -m bench.profiles memory-batch`): the subject with its
+# id, ref, lists and dict slots, and a decision with its seq and time strings
+# (vocabulary strings are interned, so they cost nothing per row).
+SUBJECT_COST = 400
+ROW_COST = 220
+
+# Categories, purposes, decisions and jurisdictions come from a small vocabulary,
+# but the driver makes a new string for every row it fetches: share one copy.
+_intern = sys.intern
+
+
+@lru_cache(maxsize=1024)
+def _shared_state(erased: bool, minor: bool, jurisdiction: str | None) -> SubjectState:
+    # Frozen, so one object serves every subject in the same situation.
+    return SubjectState(registered=True, erased=erased, minor=minor, jurisdiction=jurisdiction)
 
 
 @dataclass(slots=True)
@@ -35,29 +64,23 @@ class _Subject:
     # (seq, jurisdiction, minor, erased), in seq order
     versions: list[tuple[int, str | None, bool, bool]] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
-    current_seq: int = -1
-    current: SubjectState | None = None
+
+    @property
+    def cost(self) -> int:
+        return SUBJECT_COST + ROW_COST * (len(self.versions) + len(self.decisions))
 
     def state_at(self, as_of: int) -> SubjectState | None:
-        if self.versions and self.versions[-1][0] < as_of:
-            # The common case (as_of at or near the head): one state, built once.
-            last = self.versions[-1]
-            if self.current is None or self.current_seq != last[0]:
-                self.current = SubjectState(
-                    registered=True, erased=last[3], minor=last[2], jurisdiction=last[1]
-                )
-                self.current_seq = last[0]
-            return self.current
         latest = None
-        for version in self.versions:
-            if version[0] >= as_of:
-                break
-            latest = version
+        if self.versions and self.versions[-1][0] < as_of:
+            latest = self.versions[-1]  # the common case: as_of at or near the head
+        else:
+            for version in self.versions:
+                if version[0] >= as_of:
+                    break
+                latest = version
         if latest is None:
             return None
-        return SubjectState(
-            registered=True, erased=latest[3], minor=latest[2], jurisdiction=latest[1]
-        )
+        return _shared_state(latest[3], latest[2], latest[1])
 
     def decisions_at(self, as_of: int) -> list[Decision]:
         if not self.decisions or self.decisions[-1].seq < as_of:
@@ -66,12 +89,20 @@ class _Subject:
 
 
 class SubjectCache:
-    def __init__(self, max_subjects: int = 200_000) -> None:
-        self._max = max_subjects
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._size = -1  # the tree size every cached subject is complete up to
         self._by_id: dict[str, _Subject] = {}
         self._id_of_ref: dict[str, str] = {}
+        self._bytes = 0  # the estimated cost of what is cached
+
+    @property
+    def estimated_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
     def lookup(
         self, session: Session, subject_ids: Iterable[str], as_of: int, tree_size: int
@@ -103,13 +134,29 @@ class SubjectCache:
         return states, decisions
 
     def _remember(self, loaded: dict[str, _Subject]) -> None:
-        if len(self._by_id) + len(loaded) > self._max:
-            # Crude but bounded: start over rather than track recency per hit.
-            self._by_id.clear()
-            self._id_of_ref.clear()
         for subject_id, subject in loaded.items():
+            cost = subject.cost
+            if cost > self._max_bytes:
+                continue  # larger than the whole cache: always read it afresh
+            if self._bytes + cost > self._max_bytes:
+                self._evict(self._max_bytes * 3 // 4 - cost)
             self._by_id[subject_id] = subject
             self._id_of_ref[subject.ref] = subject_id
+            self._bytes += cost
+
+    def _evict(self, target: int) -> None:
+        """Drop random subjects until the cache holds at most `target` bytes."""
+        victims = list(self._by_id)
+        random.shuffle(victims)
+        for subject_id in victims:
+            if self._bytes <= target:
+                break
+            self._forget(subject_id)
+
+    def _forget(self, subject_id: str) -> None:
+        subject = self._by_id.pop(subject_id)
+        del self._id_of_ref[subject.ref]
+        self._bytes -= subject.cost
 
     def _advance(self, session: Session, tree_size: int) -> None:
         start = self._size
@@ -131,10 +178,10 @@ class SubjectCache:
             if subject_id is None:
                 continue
             if erased:
-                del self._by_id[subject_id]
-                del self._id_of_ref[ref]
+                self._forget(subject_id)
             else:
-                self._by_id[subject_id].versions.append((seq, jurisdiction, minor, erased))
+                self._by_id[subject_id].versions.append(_version(seq, jurisdiction, minor, erased))
+                self._bytes += ROW_COST
         for row in session.execute(
             _decision_query()
             .where(col(ConsentDecision.seq) >= start, col(ConsentDecision.seq) < tree_size)
@@ -143,6 +190,7 @@ class SubjectCache:
             subject_id = self._id_of_ref.get(row.ref)
             if subject_id is not None:
                 self._by_id[subject_id].decisions.append(_decision(row))
+                self._bytes += ROW_COST
         self._size = tree_size
 
 
@@ -162,12 +210,23 @@ def _decision_query() -> Any:
 def _decision(row: Any) -> Decision:
     return Decision(
         seq=row.seq,
-        category=row.category,
-        purpose=row.purpose,
-        decision=row.decision,
-        explicit=row.explicit,
+        category=_intern(row.category),
+        purpose=_intern(row.purpose),
+        decision=_intern(row.decision),  # type: ignore[arg-type]  # the column holds only kinds
+        explicit=bool(row.explicit),
         effective=row.effective,
         expires=row.expires,
+    )
+
+
+def _version(
+    seq: int, jurisdiction: str | None, minor: bool, erased: bool
+) -> tuple[int, str | None, bool, bool]:
+    return (
+        seq,
+        None if jurisdiction is None else _intern(jurisdiction),
+        bool(minor),
+        bool(erased),
     )
 
 
@@ -196,7 +255,7 @@ def _load(session: Session, subject_ids: list[str], tree_size: int) -> dict[str,
             .where(col(SubjectVersion.ref).in_(chunk), col(SubjectVersion.seq) < tree_size)
             .order_by(col(SubjectVersion.seq))
         ):
-            subjects[id_of_ref[ref]].versions.append((seq, jurisdiction, minor, erased))
+            subjects[id_of_ref[ref]].versions.append(_version(seq, jurisdiction, minor, erased))
         for row in session.execute(
             _decision_query()
             .where(col(ConsentDecision.ref).in_(chunk), col(ConsentDecision.seq) < tree_size)

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from ledger.consents import DecisionRequest
-from ledger.service import ConsentLedger
+from ledger.service import CheckRequest, ConsentLedger
 from ledger.settings import Settings
+from ledger.subjectcache import SUBJECT_COST, SubjectCache
 
 ACTOR = "test"
 
@@ -68,3 +69,63 @@ def test_an_erasure_by_another_instance_evicts_the_subject(
     answer = ledger.check("dave", "content.public")
     assert (answer.eligible, answer.reason) == (False, "erased")
     assert "dave" not in ledger._subjects._by_id  # no process memory keeps the link
+
+
+def _population(ledger: ConsentLedger, count: int) -> list[str]:
+    ids = [f"user-{number}" for number in range(count)]
+    for number, subject_id in enumerate(ids):
+        ledger.register_subject(subject_id, jurisdiction="US" if number % 2 else "DE", actor=ACTOR)
+        if number % 3 == 0:
+            ledger.record_consents(
+                subject_id,
+                [DecisionRequest(category="content.public", decision="granted")],
+                actor=ACTOR,
+            )
+        if number % 5 == 0:
+            ledger.record_consents(
+                subject_id, [DecisionRequest(category="*", decision="denied")], actor=ACTOR
+            )
+    return ids
+
+
+def test_a_full_cache_evicts_subjects_and_stays_within_its_budget(
+    ledger: ConsentLedger, settings: Settings
+) -> None:
+    ids = _population(ledger, 40)
+    budget = 8 * SUBJECT_COST
+    small = ConsentLedger(settings.model_copy(update={"subject_cache_mb": 0}))
+    small._subjects = SubjectCache(max_bytes=budget)
+    try:
+        for subject_id in ids:
+            small.check(subject_id, "content.public")
+            assert small._subjects.estimated_bytes <= budget
+        assert 0 < len(small._subjects) < len(ids)
+        # Whatever was evicted, every answer is still the one a full cache gives.
+        at = ledger.check(ids[0], "profile").at
+        for subject_id in ids:
+            expected = ledger.check(subject_id, "profile", at=at)
+            assert small.check(subject_id, "profile", at=at) == expected
+    finally:
+        small.close()
+
+
+def test_answers_do_not_depend_on_the_cache_budget(
+    ledger: ConsentLedger, settings: Settings
+) -> None:
+    ids = _population(ledger, 30)
+    uncached = ConsentLedger(settings.model_copy(update={"subject_cache_mb": 0}))
+    try:
+        requests = [
+            CheckRequest(subject_id, category)
+            for subject_id in [*ids, "nobody", *reversed(ids)]
+            for category in ("content.public", "profile")
+        ]
+        expected = ledger.check_many(requests)
+        for _ in range(2):  # the second pass answers from the warm cache
+            again = ledger.check_many(requests, as_of=expected.checked_at, at=expected.at)
+            assert again.results == expected.results
+        cold = uncached.check_many(requests, as_of=expected.checked_at, at=expected.at)
+        assert cold.results == expected.results
+        assert len(uncached._subjects) == 0
+    finally:
+        uncached.close()

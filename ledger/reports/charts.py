@@ -10,26 +10,40 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-from matplotlib.figure import Figure
-
-matplotlib.rcParams.update(
-    {
-        "svg.hashsalt": "consent-ledger",
-        "svg.fonttype": "none",
-        "font.family": "sans-serif",
-        "font.size": 9,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-    }
-)
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Colour-blind-safe (Okabe–Ito) palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 DECISION_COLOURS = {"granted": "#009E73", "denied": "#D55E00", "withdrawn": "#E69F00"}
 MAX_SERIES = 6
+
+
+@cache
+def _figure_class() -> type[Figure]:
+    # Imported on the first chart, not with the module: matplotlib (with numpy
+    # and PIL) is ~45 MB that an API server answering checks should not carry.
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    matplotlib.rcParams.update(
+        {
+            "svg.hashsalt": "consent-ledger",
+            "svg.fonttype": "none",
+            "font.family": "sans-serif",
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
+    return Figure
+
+
+def _new_figure(size: tuple[float, float]) -> Figure:
+    return _figure_class()(figsize=size)
 
 
 def _svg(figure: Figure) -> str:
@@ -64,7 +78,7 @@ def decisions_over_time(timeline: Mapping[str, Any]) -> str | None:
         layers.append(
             ("other", [sum(series[name][i] for name in rest) for i in range(len(buckets))])
         )
-    figure = Figure(figsize=(9.6, 3.0))
+    figure = _new_figure((9.6, 3.0))
     axes = figure.add_subplot()
     positions = list(range(len(buckets)))
     for colour, (name, values) in zip(PALETTE, layers, strict=False):
@@ -85,7 +99,7 @@ def rates_over_time(timeline: Mapping[str, Any]) -> str | None:
     buckets: list[str] = timeline["buckets"]
     if not buckets:
         return None
-    figure = Figure(figsize=(9.6, 2.6))
+    figure = _new_figure((9.6, 2.6))
     axes = figure.add_subplot()
     positions = list(range(len(buckets)))
     for key, label, colour in (
@@ -116,7 +130,7 @@ def eligibility_share(eligibility: Mapping[str, Any]) -> str | None:
         ]
         for category in categories
     ]
-    figure = Figure(figsize=(1.6 + 1.1 * len(regimes), 0.6 + 0.26 * len(categories)))
+    figure = _new_figure((1.6 + 1.1 * len(regimes), 0.6 + 0.26 * len(categories)))
     axes = figure.add_subplot()
     image = axes.imshow(shares, cmap="Greens", vmin=0, vmax=1, aspect="auto")
     axes.set_xticks(
