@@ -13,10 +13,13 @@ first and `--only P2` runs only its own.
 
 from __future__ import annotations
 
+import csv
 import functools
+import http.client
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -336,3 +339,60 @@ def write_load(ctx: Context) -> dict[str, Any]:
         "receipt_kb": decide.bytes_in / max(1, decide.completed) / 1024,
         "peak_rss_mb": peak_mb,
     }
+
+
+# --- `filter` against the API, one record at a time -------------------------------------------
+
+
+def filter_disagreements(
+    ctx: Context, source: Path, filtered: Path, summary: dict[str, Any], sample: int
+) -> tuple[int, int]:
+    """(records asked, answers that disagree): a sample of `source`'s records, asked one by
+    one over POST /v1/eligibility/check at the filter's tree size and time, against
+    whether `filter` kept them. Kept rows are written in order, so walking both files
+    side by side tells for every input row whether it was kept."""
+    api = api_server(ctx)
+    with source.open(newline="") as rows_in, filtered.open(newline="") as rows_out:
+        reader, kept_rows = csv.reader(rows_in), csv.reader(rows_out)
+        header = next(reader)
+        next(kept_rows)
+        subject_at, category_at = header.index("subject_id"), header.index("category")
+        pending = next(kept_rows, None)
+        verdicts: list[tuple[str, str, bool]] = []
+        for row in reader:
+            kept = row == pending
+            if kept:
+                pending = next(kept_rows, None)
+            verdicts.append((row[subject_at], row[category_at], kept))
+    step = max(1, len(verdicts) // sample)
+    connection = http.client.HTTPConnection(HOST, api.server.port, timeout=30)
+    asked = disagree = 0
+    try:
+        for subject, category, kept in verdicts[::step]:
+            body = orjson.dumps(
+                {
+                    "subject_id": subject,
+                    "category": category,
+                    "as_of": summary["checked_at"],
+                    "at": summary["at"],
+                }
+            )
+            connection.request(
+                "POST",
+                "/v1/eligibility/check",
+                body=body,
+                headers={"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"},
+            )
+            answer = connection.getresponse()
+            payload = answer.read()
+            if answer.status == 422 and not category:
+                eligible = False  # a record without a category: filter drops it as invalid
+            elif answer.status != 200:
+                raise RuntimeError(f"P7 filter sample: {answer.status} {payload[:300]!r}")
+            else:
+                eligible = orjson.loads(payload)["eligible"]
+            asked += 1
+            disagree += eligible != kept
+    finally:
+        connection.close()
+    return asked, disagree
