@@ -99,7 +99,10 @@ def test_a_full_cache_evicts_subjects_and_stays_within_its_budget(
         for subject_id in ids:
             small.check(subject_id, "content.public")
             assert small._subjects.estimated_bytes <= budget
-        assert 0 < len(small._subjects) < len(ids)
+        cache = small._subjects
+        assert 0 < len(cache) < len(ids)
+        assert all(cache._slots[subject.slot] == sid for sid, subject in cache._by_id.items())
+        assert len(cache._slots) == len(cache._by_id) == len(cache._id_of_ref)
         # Whatever was evicted, every answer is still the one a full cache gives.
         at = ledger.check(ids[0], "profile").at
         for subject_id in ids:
