@@ -12,7 +12,6 @@ consistency proofs with a small RFC 9162 verifier written here, independent of
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 import shutil
@@ -25,10 +24,8 @@ from typing import Any
 
 import pytest
 import typer.main
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
-    Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import create_engine, text
@@ -36,6 +33,17 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
 from cli.main import app
+from tests.e2e.independent import (
+    OpenedCheckpoint,
+    leaf_hash,
+    make_verifier_key,
+    node_hash,
+    open_signed_checkpoint,
+    parse_verifier_key,
+    signature_verifies,
+    verify_consistency,
+    verify_inclusion,
+)
 
 ORIGIN = "test.example/cli"
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "ledger" / "policies" / "default.toml"
@@ -168,137 +176,6 @@ def check_cases(cases: list[tuple[list[str], int, str]]) -> None:
     assert not wrong, "\n\n".join(wrong)
 
 
-# --- an independent verifier: C2SP signed-note + tlog-checkpoint, Ed25519 ------------------
-
-
-@dataclass(frozen=True)
-class OpenedCheckpoint:
-    origin: str
-    size: int
-    root: bytes
-
-
-def parse_verifier_key(key: str) -> tuple[str, bytes, bytes]:
-    """`<name>+<hex key ID>+<base64(0x01 || pubkey)>` -> (name, key ID, public key)."""
-    name, key_id_hex, encoded = key.split("+", 2)
-    raw = base64.b64decode(encoded, validate=True)
-    assert len(raw) == 33, key
-    assert raw[0] == 0x01, "not an Ed25519 verifier key"
-    public_key = raw[1:]
-    key_id = hashlib.sha256(name.encode() + b"\n" + b"\x01" + public_key).digest()[:4]
-    assert key_id.hex() == key_id_hex, f"key ID {key_id_hex} is not {key_id.hex()}"
-    return name, key_id, public_key
-
-
-def make_verifier_key(name: str, public_key: bytes) -> str:
-    key_id = hashlib.sha256(name.encode() + b"\n" + b"\x01" + public_key).digest()[:4]
-    encoded = base64.b64encode(b"\x01" + public_key).decode()
-    return f"{name}+{key_id.hex()}+{encoded}"
-
-
-def open_signed_checkpoint(note: str, key: str) -> OpenedCheckpoint:
-    """Verify a signed note under `key` and parse its checkpoint body; AssertionError if not."""
-    name, key_id, public_key = parse_verifier_key(key)
-    # A signed note is text (ending in a newline), a blank line, then signature lines.
-    body, separator, signature_block = note.rpartition("\n\n")
-    assert separator, f"no blank line before the signatures: {note!r}"
-    message = body + "\n"
-    assert signature_block.endswith("\n"), "signature lines must end in a newline"
-    verified = False
-    for line in signature_block[:-1].split("\n"):
-        assert line.startswith("\u2014 "), f"not a signature line: {line!r}"
-        signer, encoded = line[2:].rsplit(" ", 1)
-        blob = base64.b64decode(encoded, validate=True)
-        if signer != name or blob[:4] != key_id:
-            continue
-        assert len(blob) == 4 + 64
-        try:
-            Ed25519PublicKey.from_public_bytes(public_key).verify(blob[4:], message.encode())
-        except InvalidSignature:
-            raise AssertionError(f"bad signature by {key}") from None
-        verified = True
-    assert verified, f"no signature by {key} on {note!r}"
-    # `message` ends in a newline, so exactly three lines means exactly three newlines.
-    assert message.count("\n") == 3, f"not a plain checkpoint body: {message!r}"
-    origin, size, root = message.split("\n")[:3]
-    assert re.fullmatch(r"0|[1-9][0-9]*", size), size
-    root_hash = base64.b64decode(root, validate=True)
-    assert len(root_hash) == 32
-    return OpenedCheckpoint(origin=origin, size=int(size), root=root_hash)
-
-
-def signature_verifies(note: str, key: str) -> bool:
-    try:
-        open_signed_checkpoint(note, key)
-    except AssertionError:
-        return False
-    return True
-
-
-# --- an independent verifier: RFC 9162 Merkle proofs --------------------------------------
-
-
-def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def verify_inclusion(leaf: bytes, index: int, size: int, path: list[bytes], root: bytes) -> bool:
-    """RFC 9162 §2.1.3.2."""
-    if index >= size:
-        return False
-    fn, sn, r = index, size - 1, leaf
-    for p in path:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and r == root
-
-
-def verify_consistency(
-    first: int, second: int, path: list[bytes], first_root: bytes, second_root: bytes
-) -> bool:
-    """RFC 9162 §2.1.4.2."""
-    if first == second:
-        return not path and first_root == second_root
-    if not 0 < first < second or not path:
-        return False
-    if first & (first - 1) == 0:  # an exact power of 2
-        path = [first_root, *path]
-    fn, sn = first - 1, second - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    return fr == first_root and sr == second_root and sn == 0
-
-
 def b64decode_all(values: list[str]) -> list[bytes]:
     return [base64.b64decode(value, validate=True) for value in values]
 
@@ -308,14 +185,14 @@ def test_independent_verifiers_reject_what_they_should() -> None:
     leaves = [leaf_hash(bytes([n])) for n in range(4)]
     left, right = node_hash(leaves[0], leaves[1]), node_hash(leaves[2], leaves[3])
     root = node_hash(left, right)
-    assert verify_inclusion(leaves[2], 2, 4, [leaves[3], left], root)
-    assert not verify_inclusion(leaves[2], 3, 4, [leaves[3], left], root)
-    assert not verify_inclusion(leaves[2], 2, 4, [left, leaves[3]], root)
-    assert verify_consistency(2, 4, [right], left, root)
-    assert not verify_consistency(2, 4, [left], left, root)
+    assert verify_inclusion(2, 4, leaves[2], [leaves[3], left], root)
+    assert not verify_inclusion(3, 4, leaves[2], [leaves[3], left], root)
+    assert not verify_inclusion(2, 4, leaves[2], [left, leaves[3]], root)
+    assert verify_consistency(2, 4, left, root, [right])
+    assert not verify_consistency(2, 4, left, root, [left])
     three = node_hash(left, leaves[2])
-    assert verify_consistency(3, 4, [leaves[2], leaves[3], left], three, root)
-    assert not verify_consistency(3, 4, [leaves[3], leaves[2], left], three, root)
+    assert verify_consistency(3, 4, three, root, [leaves[2], leaves[3], left])
+    assert not verify_consistency(3, 4, three, root, [leaves[3], leaves[2], left])
 
     private = Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -341,7 +218,7 @@ def test_init_prints_the_verifier_key(home: Home) -> None:
     assert "tree size 2; verifier key:" in result.stdout
     key = printed_verifier_key(result)
     assert VERIFIER_KEY.match(key), key
-    name, _, _ = parse_verifier_key(key)
+    name = parse_verifier_key(key).name
     assert name == ORIGIN
     assert invoke("keys", "show").stdout.strip() == key
     assert invoke_json("keys", "show") == {"verifier_key": key}
@@ -380,7 +257,7 @@ def test_init_names_the_database_without_its_password(
 def test_init_uses_a_random_origin_by_default(home: Home) -> None:
     result = invoke("init")
     key = printed_verifier_key(result)
-    name, _, _ = parse_verifier_key(key)
+    name = parse_verifier_key(key).name
     assert re.fullmatch(r"consent-ledger\.local/[0-9a-f]{16}", name), name
 
 
@@ -943,9 +820,9 @@ def test_consent_history_json_is_an_evidence_bundle(walk_through: WalkThrough, v
         assert json.loads(canonical) == item["entry"]
         assert item["entry"]["seq"] == item["index"]
         assert verify_inclusion(
-            leaf_hash(canonical),
             item["index"],
             checkpoint.size,
+            leaf_hash(canonical),
             b64decode_all(item["inclusion"]),
             checkpoint.root,
         ), item["index"]
@@ -1221,15 +1098,15 @@ def test_every_inclusion_proof_verifies_against_the_checkpoint(history: History)
         if index in canonical:
             assert leaf == leaf_hash(canonical[index])
         path = b64decode_all(proof["hashes"])
-        assert verify_inclusion(leaf, index, latest.size, path, latest.root), index
-        assert not verify_inclusion(leaf, index, latest.size, path, opened[8].root)
+        assert verify_inclusion(index, latest.size, leaf, path, latest.root), index
+        assert not verify_inclusion(index, latest.size, leaf, path, opened[8].root)
     # Against an older tree size, with the checkpoint saved back then.
     for index in range(5):
         proof = invoke_json("proof", "inclusion", str(index), "--tree-size", "5")
         assert proof["tree_size"] == 5
         leaf = base64.b64decode(proof["leaf_hash"])
         path = b64decode_all(proof["hashes"])
-        assert verify_inclusion(leaf, index, 5, path, opened[5].root), index
+        assert verify_inclusion(index, 5, leaf, path, opened[5].root), index
 
     # The text output carries the same proof.
     proof = invoke_json("proof", "inclusion", "5", "--tree-size", "9")
@@ -1256,9 +1133,9 @@ def test_consistency_proofs_verify_between_saved_checkpoints(history: History) -
         assert proof.keys() == {"old_size", "new_size", "hashes"}
         assert (proof["old_size"], proof["new_size"]) == (old, new)
         path = b64decode_all(proof["hashes"])
-        assert verify_consistency(old, new, path, opened[old].root, opened[new].root), (old, new)
+        assert verify_consistency(old, new, opened[old].root, opened[new].root, path), (old, new)
         if old < new:
-            assert not verify_consistency(old, new, path, opened[new].root, opened[new].root)
+            assert not verify_consistency(old, new, opened[new].root, opened[new].root, path)
 
     # The text output carries the same proof.
     proof = invoke_json("proof", "consistency", "3", "11")
@@ -1471,7 +1348,7 @@ def test_keys_rotate_changes_the_key_and_verify_follows_the_chain(
     assert result.stdout.startswith("new verifier key (announced in entry ")
     assert invoke("keys", "show").stdout.strip() == new_key
     assert new_key != vkey
-    assert parse_verifier_key(new_key)[0] == ORIGIN  # the origin never changes
+    assert parse_verifier_key(new_key).name == ORIGIN  # the origin never changes
     # The checkpoint announcing the new key is signed by the old and the new key…
     rotation = invoke("checkpoint").stdout
     assert open_signed_checkpoint(rotation, vkey) == open_signed_checkpoint(rotation, new_key)

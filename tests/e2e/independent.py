@@ -81,6 +81,34 @@ def parse_checkpoint(text: str, origin: str) -> tuple[int, bytes]:
     return size, root
 
 
+@dataclass(frozen=True)
+class OpenedCheckpoint:
+    origin: str
+    size: int
+    root: bytes
+
+
+def open_signed_checkpoint(note: str, verifier_key: str) -> OpenedCheckpoint:
+    """The checkpoint in `note`, if the key named by `verifier_key` signed it."""
+    key = parse_verifier_key(verifier_key)
+    size, root = parse_checkpoint(open_signed_note(note, key), key.name)
+    return OpenedCheckpoint(key.name, size, root)
+
+
+def signature_verifies(note: str, verifier_key: str) -> bool:
+    try:
+        open_signed_checkpoint(note, verifier_key)
+    except Rejected:
+        return False
+    return True
+
+
+def make_verifier_key(name: str, public_key: bytes) -> str:
+    raw = b"\x01" + public_key
+    key_id = hashlib.sha256(name.encode() + b"\x0a" + raw).digest()[:4]
+    return f"{name}+{key_id.hex()}+{base64.b64encode(raw).decode()}"
+
+
 def leaf_hash(canonical: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + canonical).digest()
 
