@@ -56,63 +56,46 @@ def _record(
     )
 
 
-@app.command("grant")
-@guarded
-def grant(
-    subject_id: SubjectArg,
-    category: CategoryArg,
-    purpose: Purpose = DEFAULT_PURPOSE,
-    explicit: Explicit = False,
-    expires: Expires = None,
-    effective: Effective = None,
-    notice: Notice = None,
-    method: Method = "cli",
-) -> None:
-    """Record that the subject permits a use of a data category.
+def _decision_command(name: str, decision: str, summary: str, example: str) -> None:
+    """Register `consent NAME`: grant, deny and withdraw take the same arguments."""
 
-    Example: consent-ledger consent grant user-42 biometric.face --explicit --notice v3
-    """
-    _record("granted", subject_id, category, purpose, explicit, expires, effective, notice, method)
+    def command(
+        subject_id: SubjectArg,
+        category: CategoryArg,
+        purpose: Purpose = DEFAULT_PURPOSE,
+        explicit: Explicit = False,
+        expires: Expires = None,
+        effective: Effective = None,
+        notice: Notice = None,
+        method: Method = "cli",
+    ) -> None:
+        _record(
+            decision, subject_id, category, purpose, explicit, expires, effective, notice, method
+        )
 
-
-@app.command("deny")
-@guarded
-def deny(
-    subject_id: SubjectArg,
-    category: CategoryArg,
-    purpose: Purpose = DEFAULT_PURPOSE,
-    explicit: Explicit = False,
-    expires: Expires = None,
-    effective: Effective = None,
-    notice: Notice = None,
-    method: Method = "cli",
-) -> None:
-    """Record that the subject refuses a use of a data category.
-
-    Example: consent-ledger consent deny user-42 '*' --purpose ai-training
-    """
-    _record("denied", subject_id, category, purpose, explicit, expires, effective, notice, method)
+    command.__name__ = name
+    command.__doc__ = f"{summary}\n\nExample: {example}"
+    app.command(name)(guarded(command))
 
 
-@app.command("withdraw")
-@guarded
-def withdraw(
-    subject_id: SubjectArg,
-    category: CategoryArg,
-    purpose: Purpose = DEFAULT_PURPOSE,
-    explicit: Explicit = False,
-    expires: Expires = None,
-    effective: Effective = None,
-    notice: Notice = None,
-    method: Method = "cli",
-) -> None:
-    """Record that the subject withdraws an earlier consent.
-
-    Example: consent-ledger consent withdraw user-42 content.public
-    """
-    _record(
-        "withdrawn", subject_id, category, purpose, explicit, expires, effective, notice, method
-    )
+_decision_command(
+    "grant",
+    "granted",
+    "Record that the subject permits a use of a data category.",
+    "consent-ledger consent grant user-42 biometric.face --explicit --notice v3",
+)
+_decision_command(
+    "deny",
+    "denied",
+    "Record that the subject refuses a use of a data category.",
+    "consent-ledger consent deny user-42 '*' --purpose ai-training",
+)
+_decision_command(
+    "withdraw",
+    "withdrawn",
+    "Record that the subject withdraws an earlier consent.",
+    "consent-ledger consent withdraw user-42 content.public",
+)
 
 
 @app.command("history")
