@@ -15,7 +15,6 @@ import base64
 import json
 import re
 import shutil
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,11 +27,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from cli.main import app
+from tests.cli_harness import (
+    FAILURE,
+    OK,
+    TIMESTAMP,
+    USAGE,
+    Home,
+    cli_environment,
+    describe,
+    invoke,
+    invoke_json,
+    runner,
+    tree_size,
+)
 from tests.e2e.independent import (
     OpenedCheckpoint,
     leaf_hash,
@@ -47,37 +59,10 @@ from tests.e2e.independent import (
 
 ORIGIN = "test.example/cli"
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "ledger" / "policies" / "default.toml"
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 VERIFIER_KEY = re.compile(r"^[^\s+]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*$")
-OK, FAILURE, USAGE = 0, 1, 2
-
-runner = CliRunner()
 
 
 # --- running the CLI -----------------------------------------------------------------------
-
-
-def _describe(result: Result) -> str:
-    """The output as the user saw it, plus any traceback the CLI let escape."""
-    described = result.output
-    exception = result.exception
-    if exception is not None and not isinstance(exception, SystemExit):
-        described += "\n" + "".join(traceback.format_exception(exception))
-    return described
-
-
-def invoke(*args: str, code: int = OK) -> Result:
-    # Wide enough that Rich's usage-error box never cuts a long temporary path.
-    result = runner.invoke(app, list(args), env={"COLUMNS": "400"})
-    assert result.exit_code == code, f"`{' '.join(args)}` -> {result.exit_code}\n" + _describe(
-        result
-    )
-    return result
-
-
-def invoke_json(*args: str) -> Any:
-    result = invoke(*args, "--json")
-    return json.loads(result.stdout)
 
 
 def entry_seq(result: Result) -> int:
@@ -96,53 +81,10 @@ def printed_verifier_key(result: Result) -> str:
     raise AssertionError(f"no verifier key in {result.stdout!r}")
 
 
-def tree_size() -> int:
-    return int(invoke_json("checkpoint")["tree_size"])
-
-
-@dataclass
-class Home:
-    """One user's set-up: the ledger home directory and the database it uses."""
-
-    path: Path
-    database_url: str
-    tmp_path: Path
-
-    def write(self, name: str, content: str | bytes) -> Path:
-        target = self.tmp_path / name
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        else:
-            target.write_text(content, encoding="utf-8")
-        return target
-
-    def execute(self, *statements: str, **params: Any) -> None:
-        """Run SQL on the ledger's database behind the CLI's back (to tamper with it)."""
-        engine = create_engine(self.database_url)
-        try:
-            with engine.begin() as connection:
-                for statement in statements:
-                    connection.execute(text(statement), params)
-        finally:
-            engine.dispose()
-
-    def scalar(self, statement: str, **params: Any) -> Any:
-        engine = create_engine(self.database_url)
-        try:
-            with engine.connect() as connection:
-                return connection.execute(text(statement), params).scalar()
-        finally:
-            engine.dispose()
-
-
 @pytest.fixture
 def home(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Home:
     """Environment for a ledger that has not been initialised yet (migrated, empty DB)."""
-    path = tmp_path / "home"
-    monkeypatch.setenv("CONSENT_LEDGER_HOME", str(path))
-    monkeypatch.setenv("CONSENT_LEDGER_DATABASE_URL", database_url)
-    monkeypatch.delenv("CONSENT_LEDGER_KEY_PASSPHRASE", raising=False)
-    return Home(path=path, database_url=database_url, tmp_path=tmp_path)
+    return cli_environment(tmp_path, database_url, monkeypatch)
 
 
 @pytest.fixture
@@ -171,7 +113,7 @@ def check_cases(cases: list[tuple[list[str], int, str]]) -> None:
         if result.exit_code != code or message not in result.output:
             wrong.append(
                 f"`{' '.join(args)}` -> {result.exit_code} (want {code} and {message!r}):\n"
-                + _describe(result)
+                + describe(result)
             )
     assert not wrong, "\n\n".join(wrong)
 
@@ -971,7 +913,7 @@ def test_verify_bundle_rejects_one_changed_byte(bundle_file: Path, vkey: str) ->
 
         bundle_file.write_bytes(changed)
         result = runner.invoke(app, ["verify-bundle", str(bundle_file), "--key", vkey])
-        assert result.exit_code == FAILURE, f"{change.__name__}: " + _describe(result)
+        assert result.exit_code == FAILURE, f"{change.__name__}: " + describe(result)
         assert "verification FAILED" in result.output, change.__name__
         assert "OK" not in result.stdout, change.__name__
     bundle_file.write_bytes(original)

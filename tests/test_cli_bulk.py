@@ -15,80 +15,40 @@ import hashlib
 import io
 import json
 import re
-import traceback
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from typer.testing import CliRunner, Result
 
-from cli.main import app
 from ledger.clients import authenticate
 from ledger.db import make_engine
 from ledger.demo import write_csv, write_jsonl
+from tests.cli_harness import (
+    FAILURE,
+    TIMESTAMP,
+    USAGE,
+    Home,
+    cli_environment,
+    invoke,
+    invoke_json,
+    tree_size,
+)
 
 ORIGIN = "test.example/bulk"
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 API_KEY = re.compile(r"clk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
-OK, FAILURE, USAGE = 0, 1, 2
-
-runner = CliRunner()
 
 
 # --- running the CLI -----------------------------------------------------------------------
 
 
-def _describe(result: Result) -> str:
-    described = result.output
-    exception = result.exception
-    if exception is not None and not isinstance(exception, SystemExit):
-        described += "\n" + "".join(traceback.format_exception(exception))
-    return described
-
-
-def invoke(*args: str, code: int = OK) -> Result:
-    result = runner.invoke(app, list(args), env={"COLUMNS": "400"})
-    assert result.exit_code == code, f"`{' '.join(args)}` -> {result.exit_code}\n" + _describe(
-        result
-    )
-    return result
-
-
-def invoke_json(*args: str) -> Any:
-    return json.loads(invoke(*args, "--json").stdout)
-
-
-def tree_size() -> int:
-    return int(invoke_json("checkpoint")["tree_size"])
-
-
-@dataclass
-class Home:
-    path: Path
-    database_url: str
-    tmp_path: Path
-
-    def write(self, name: str, content: str | bytes) -> Path:
-        target = self.tmp_path / name
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        else:
-            target.write_text(content, encoding="utf-8")
-        return target
-
-
 @pytest.fixture
 def home(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Home:
     """An initialised ledger (`consent-ledger init`), reached through the environment."""
-    path = tmp_path / "home"
-    monkeypatch.setenv("CONSENT_LEDGER_HOME", str(path))
-    monkeypatch.setenv("CONSENT_LEDGER_DATABASE_URL", database_url)
-    monkeypatch.delenv("CONSENT_LEDGER_KEY_PASSPHRASE", raising=False)
+    home = cli_environment(tmp_path, database_url, monkeypatch)
     invoke("init", "--origin", ORIGIN)
-    return Home(path=path, database_url=database_url, tmp_path=tmp_path)
+    return home
 
 
 def csv_text(header: list[str], rows: list[list[str]]) -> str:
