@@ -224,7 +224,8 @@ def _field_name(name: str | None) -> str:
 
 
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+    # `not value.strip()` without building the stripped copy.
+    return value is None or (isinstance(value, str) and (not value or value.isspace()))
 
 
 def _boolean(value: Any, name: str) -> bool | None:
@@ -259,42 +260,50 @@ def parse_record(
     unknown = [name for name in raw if name not in FIELDS and not name.startswith("_")]
     if unknown:
         raise InvalidInput(f"unknown column(s) {', '.join(unknown)}", field=unknown[0])
-    subject_value = raw.get("subject_id")
-    if _blank(subject_value):
+    # Only the values that are not blank: each field is tested once, not per use.
+    given = {name: value for name, value in raw.items() if not _blank(value)}
+    subject_value = given.get("subject_id")
+    if subject_value is None:
         raise InvalidInput("is required", field="subject_id")
     subject_id = validate_subject_id(str(subject_value).strip())
-    given = not _blank(raw.get("jurisdiction"))
-    jurisdiction = validate_jurisdiction(raw.get("jurisdiction")) if given else None
-    minor = _boolean(raw.get("minor"), "minor")
-    decision_value = raw.get("decision")
-    if _blank(decision_value):
+    jurisdiction_value = given.get("jurisdiction")
+    jurisdiction = None if jurisdiction_value is None else validate_jurisdiction(jurisdiction_value)
+    minor = _boolean(given.get("minor"), "minor")
+    decision_value = given.get("decision")
+    if decision_value is None:
         for name in ("category", "explicit", "effective", "expires", "notice"):
-            if not _blank(raw.get(name)):
+            if name in given:
                 raise InvalidInput(f"{name} given without a decision", field="decision")
-        return ImportRecord(line, subject_id, jurisdiction, given, minor, None)
+        return ImportRecord(
+            line, subject_id, jurisdiction, jurisdiction_value is not None, minor, None
+        )
     decision = DECISION_ALIASES.get(str(decision_value).strip().lower())
     if decision is None:
         raise InvalidInput(
             f"must be granted, denied or withdrawn, got {decision_value!r}", field="decision"
         )
-    if _blank(raw.get("category")):
+    if "category" not in given:
         raise InvalidInput("is required with a decision", field="category")
+    purpose, method, notice = given.get("purpose"), given.get("method"), given.get("notice")
+    effective, expires = given.get("effective"), given.get("expires")
     request = DecisionRequest(
-        category=str(raw["category"]).strip(),
+        category=str(given["category"]).strip(),
         decision=decision,
-        purpose=DEFAULT_PURPOSE if _blank(raw.get("purpose")) else str(raw["purpose"]).strip(),
-        explicit=_boolean(raw.get("explicit"), "explicit") or False,
-        method=DEFAULT_METHOD if _blank(raw.get("method")) else str(raw["method"]).strip(),
-        notice=None if _blank(raw.get("notice")) else str(raw["notice"]),
-        effective=None if _blank(raw.get("effective")) else str(raw["effective"]).strip(),
-        expires=None if _blank(raw.get("expires")) else str(raw["expires"]).strip(),
+        purpose=DEFAULT_PURPOSE if purpose is None else str(purpose).strip(),
+        explicit=_boolean(given.get("explicit"), "explicit") or False,
+        method=DEFAULT_METHOD if method is None else str(method).strip(),
+        notice=None if notice is None else str(notice),
+        effective=None if effective is None else str(effective).strip(),
+        expires=None if expires is None else str(expires).strip(),
     )
     data = None
     if check_decision:
         if now is None:
             now = format_timestamp(utc_now())
         data = validate_decision(request, policy, now=now, field="row")
-    return ImportRecord(line, subject_id, jurisdiction, given, minor, request, data)
+    return ImportRecord(
+        line, subject_id, jurisdiction, jurisdiction_value is not None, minor, request, data
+    )
 
 
 class _Spool:

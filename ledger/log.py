@@ -178,7 +178,7 @@ class LogWriter:
         for table, rows in project(self._pending[self._projected :]).items():
             if rows:
                 columns = tuple(rows[0])
-                bulk_insert(self.session, table, columns, [tuple(row.values()) for row in rows])
+                bulk_insert(self.session, table, columns, list(map(tuple, map(dict.values, rows))))
         self._projected = len(self._pending)
 
     def seal(
