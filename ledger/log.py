@@ -144,7 +144,9 @@ class LogWriter:
             "actor": self.actor,
             "data": data,
         }
-        canonical = canonical_bytes(body, vetted=vetted)
+        # A right-sized copy: orjson's result keeps its 4 KB buffer, and an append (a
+        # batch of an import) holds thousands of entries until it is sealed.
+        canonical = bytes(memoryview(canonical_bytes(body, vetted=vetted)))
         entry = LogEntry(seq=seq, canonical=canonical, body=body)
         self._nodes.extend(self._tree.append(merkle.leaf_hash(canonical)))
         self._pending.append(entry)
