@@ -87,9 +87,17 @@ def _path_to(root: Any, target: Any, path: str = "") -> str:
     return path if root is target else ""
 
 
-def canonical_bytes(value: dict[str, Any]) -> bytes:
-    """Encode an entry (or any JSON object) as RFC 8785 canonical UTF-8 bytes."""
-    if _fast_path_safe(value):
+def canonical_bytes(value: dict[str, Any], *, vetted: bool = False) -> bytes:
+    """Encode an entry (or any JSON object) as RFC 8785 canonical UTF-8 bytes.
+
+    `vetted=True` skips the `_fast_path_safe` walk, for bodies the ledger
+    assembled itself from validated values: the caller guarantees what the
+    walk would confirm — every key an ASCII string, and only strings, bools,
+    None, dicts, lists and integers within ±MAX_SAFE_INTEGER, no floats. For
+    such values orjson's output is the JCS output (a string orjson cannot
+    encode still goes to the reference encoder).
+    """
+    if vetted or _fast_path_safe(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:

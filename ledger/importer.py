@@ -1,9 +1,10 @@
 """Bulk import of subject registrations and consent decisions from CSV or JSONL.
 
-Two streaming passes over the file, in constant memory:
-1. validate every row (and compute the file's SHA-256, its import id); with
-   any bad row nothing is written, unless the caller chose to skip them;
-2. write the good rows in batches, one transaction and one checkpoint per
+Two streaming passes, in constant memory:
+1. read and validate every row once (and compute the file's SHA-256, its
+   import id), keeping each good row's validated fields in a spool on disk;
+   with any bad row nothing is written, unless the caller chose to skip them;
+2. write the spooled rows in batches, one transaction and one checkpoint per
    batch, recording in the same transaction how many rows are done.
 An interrupted import (Ctrl-C, SIGKILL) resumes after its last committed
 batch; importing a finished file again adds nothing.
@@ -13,18 +14,19 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
-from ledger.db import bulk_insert, read_session, write_session
+from ledger.db import bulk_insert, is_sqlite, read_session, write_session
 from ledger.errors import InvalidInput
 from ledger.log import LogWriter, tree_size
 from ledger.notes import NoteSigner
@@ -84,6 +86,7 @@ _TRUE = {"true", "yes", "y", "1", "t"}
 _FALSE = {"false", "no", "n", "0", "f"}
 DEFAULT_METHOD = "import"
 DEFAULT_BATCH = 5_000
+SQLITE_CACHE_KIB = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ class ImportRecord:
     jurisdiction_given: bool
     minor: bool | None
     decision: DecisionRequest | None
+    # The decision's `consent.recorded` data (without `subject`), once validated.
+    data: dict[str, Any] | None = None
 
 
 @dataclass
@@ -220,7 +225,8 @@ def _field_name(name: str | None) -> str:
 
 
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+    # `not value.strip()` without building the stripped copy.
+    return value is None or (isinstance(value, str) and (not value or value.isspace()))
 
 
 def _boolean(value: Any, name: str) -> bool | None:
@@ -237,52 +243,124 @@ def _boolean(value: Any, name: str) -> bool | None:
 
 
 def parse_record(
-    line: int, raw: dict[str, Any], policy: Policy, *, check_decision: bool = True
+    line: int,
+    raw: dict[str, Any],
+    policy: Policy,
+    *,
+    check_decision: bool = True,
+    now: str | None = None,
 ) -> ImportRecord:
     """Validate one row; InvalidInput names the field. Defaults are filled in here.
 
-    `check_decision=False` skips validating the decision against the policy:
-    the write pass, which validates it anyway when it builds the entry.
+    With `check_decision` the decision is validated against the policy (its
+    effective time defaulting to `now`, the current time if not given) and
+    the result is the record's `data`.
     """
     if "__error__" in raw:
         raise InvalidInput(str(raw["__error__"]))
     unknown = [name for name in raw if name not in FIELDS and not name.startswith("_")]
     if unknown:
         raise InvalidInput(f"unknown column(s) {', '.join(unknown)}", field=unknown[0])
-    subject_value = raw.get("subject_id")
-    if _blank(subject_value):
+    # Only the values that are not blank (as `_blank`, inline: this runs for every row).
+    given = {
+        name: value
+        for name, value in raw.items()
+        if value is not None and not (isinstance(value, str) and (not value or value.isspace()))
+    }
+    subject_value = given.get("subject_id")
+    if subject_value is None:
         raise InvalidInput("is required", field="subject_id")
     subject_id = validate_subject_id(str(subject_value).strip())
-    given = not _blank(raw.get("jurisdiction"))
-    jurisdiction = validate_jurisdiction(raw.get("jurisdiction")) if given else None
-    minor = _boolean(raw.get("minor"), "minor")
-    decision_value = raw.get("decision")
-    if _blank(decision_value):
+    jurisdiction_value = given.get("jurisdiction")
+    jurisdiction = None if jurisdiction_value is None else validate_jurisdiction(jurisdiction_value)
+    minor = _boolean(given.get("minor"), "minor")
+    decision_value = given.get("decision")
+    if decision_value is None:
         for name in ("category", "explicit", "effective", "expires", "notice"):
-            if not _blank(raw.get(name)):
+            if name in given:
                 raise InvalidInput(f"{name} given without a decision", field="decision")
-        return ImportRecord(line, subject_id, jurisdiction, given, minor, None)
+        return ImportRecord(
+            line, subject_id, jurisdiction, jurisdiction_value is not None, minor, None
+        )
     decision = DECISION_ALIASES.get(str(decision_value).strip().lower())
     if decision is None:
         raise InvalidInput(
             f"must be granted, denied or withdrawn, got {decision_value!r}", field="decision"
         )
-    if _blank(raw.get("category")):
+    if "category" not in given:
         raise InvalidInput("is required with a decision", field="category")
+    purpose, method, notice = given.get("purpose"), given.get("method"), given.get("notice")
+    effective, expires = given.get("effective"), given.get("expires")
     request = DecisionRequest(
-        category=str(raw["category"]).strip(),
+        category=str(given["category"]).strip(),
         decision=decision,
-        purpose=DEFAULT_PURPOSE if _blank(raw.get("purpose")) else str(raw["purpose"]).strip(),
-        explicit=_boolean(raw.get("explicit"), "explicit") or False,
-        method=DEFAULT_METHOD if _blank(raw.get("method")) else str(raw["method"]).strip(),
-        notice=None if _blank(raw.get("notice")) else str(raw["notice"]),
-        effective=None if _blank(raw.get("effective")) else str(raw["effective"]).strip(),
-        expires=None if _blank(raw.get("expires")) else str(raw["expires"]).strip(),
+        purpose=DEFAULT_PURPOSE if purpose is None else str(purpose).strip(),
+        explicit=_boolean(given.get("explicit"), "explicit") or False,
+        method=DEFAULT_METHOD if method is None else str(method).strip(),
+        notice=None if notice is None else str(notice),
+        effective=None if effective is None else str(effective).strip(),
+        expires=None if expires is None else str(expires).strip(),
     )
+    data = None
     if check_decision:
-        # "now" as of validation; the write pass fills in the time of its append.
-        validate_decision(request, policy, now=format_timestamp(utc_now()), field="row")
-    return ImportRecord(line, subject_id, jurisdiction, given, minor, request)
+        if now is None:
+            now = format_timestamp(utc_now())
+        data = validate_decision(request, policy, now=now, field="row")
+    return ImportRecord(
+        line, subject_id, jurisdiction, jurisdiction_value is not None, minor, request, data
+    )
+
+
+class _Spool:
+    """Pass 1's validated rows, for pass 2 to write without parsing them again.
+
+    One compact JSON array a row in an anonymous temporary file (gone even
+    after SIGKILL), so memory stays constant whatever the size of the file;
+    the spool is about as large as the file.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(buffering=1 << 20)
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._file.close()
+
+    def add(self, position: int, record: ImportRecord) -> None:
+        row: list[Any] = [
+            position,
+            record.line,
+            record.subject_id,
+            record.jurisdiction,
+            record.jurisdiction_given,
+            record.minor,
+        ]
+        if record.decision is not None:
+            data = record.data
+            assert data is not None, "spooled records are validated"
+            row += (
+                data["category"],
+                data["purpose"],
+                data["decision"],
+                data["explicit"],
+                data["method"],
+                data["notice"],
+                # None: the time of the append, as for any decision without one.
+                None if record.decision.effective is None else data["effective"],
+                data["expires"],
+            )
+        self._file.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        """[position, line, subject_id, jurisdiction, jurisdiction_given, minor] and, for a
+        decision, category, purpose, decision, explicit, method, notice, effective, expires."""
+        self._file.flush()
+        self._file.seek(0)
+        loads = orjson.loads
+        for line in self._file:
+            yield loads(line)
 
 
 # --- the import --------------------------------------------------------------------------
@@ -314,62 +392,63 @@ def import_file(
 ) -> ImportSummary:
     if batch_size < 1:
         raise InvalidInput("must be at least 1", field="batch_size")
-    # 1. Validate everything, hashing the file as it streams by.
-    errors: list[RowError] = []
-    total = 0
-    ids_to_check: list[tuple[int, str, dict[str, Any]]] = []
-    with path.open("rb") as handle:
-        reader = _HashingReader(handle)
-        for line, raw in read_rows(path, reader):
-            total += 1
-            try:
-                record = parse_record(line, raw, context.policy)
-            except InvalidInput as exc:
-                errors.append(RowError(line, exc.field, str(exc.args[0]), raw))
-                continue
-            ids_to_check.append((line, record.subject_id, raw))
-            if len(ids_to_check) >= batch_size:
-                errors.extend(_erased_rows(context, ids_to_check))
-                ids_to_check = []
-        errors.extend(_erased_rows(context, ids_to_check))
-        import_id = reader.digest.hexdigest()
-    errors.sort(key=lambda error: error.line)
-    summary = ImportSummary(import_id=import_id, rows=total, invalid=len(errors))
-    if errors and not skip_invalid:
-        raise ImportRejected(errors, total)
-    if on_reject is not None:
-        for error in errors:
-            on_reject(error)
-    summary.errors = errors
-    bad_lines = {error.line for error in errors}
+    with _Spool() as spool:
+        # 1. Validate everything, hashing the file as it streams by.
+        errors: list[RowError] = []
+        total = 0
+        ids_to_check: list[tuple[int, str, dict[str, Any]]] = []
+        now = format_timestamp(utc_now())
+        with path.open("rb") as handle:
+            reader = _HashingReader(handle)
+            for line, raw in read_rows(path, reader):
+                total += 1
+                try:
+                    record = parse_record(line, raw, context.policy, now=now)
+                except InvalidInput as exc:
+                    errors.append(RowError(line, exc.field, str(exc.args[0]), raw))
+                    continue
+                spool.add(total, record)
+                ids_to_check.append((line, record.subject_id, raw))
+                if len(ids_to_check) >= batch_size:
+                    errors.extend(_erased_rows(context, ids_to_check))
+                    ids_to_check = []
+                    now = format_timestamp(utc_now())
+            errors.extend(_erased_rows(context, ids_to_check))
+            import_id = reader.digest.hexdigest()
+        errors.sort(key=lambda error: error.line)
+        summary = ImportSummary(import_id=import_id, rows=total, invalid=len(errors))
+        if errors and not skip_invalid:
+            raise ImportRejected(errors, total)
+        if on_reject is not None:
+            for error in errors:
+                on_reject(error)
+        summary.errors = errors
+        bad_lines = {error.line for error in errors}
 
-    # 2. Write, resuming after the last committed batch of an earlier attempt.
-    with read_session(context.engine) as session:
-        done = session.get(ImportProgress, import_id)
-    if done is not None and done.finished:
-        summary.already_imported = True
+        # 2. Write, resuming after the last committed batch of an earlier attempt.
         with read_session(context.engine) as session:
-            summary.tree_size = tree_size(session)
-        return summary
-    skip = done.rows_done if done is not None else 0
-    summary.skipped_already_done = skip
-    batch: list[ImportRecord] = []
-    position = 0
-    with path.open("rb") as handle:
-        for line, raw in read_rows(path, _HashingReader(handle)):
-            position += 1
-            if position <= skip:
+            done = session.get(ImportProgress, import_id)
+        if done is not None and done.finished:
+            summary.already_imported = True
+            with read_session(context.engine) as session:
+                summary.tree_size = tree_size(session)
+            return summary
+        skip = done.rows_done if done is not None else 0
+        summary.skipped_already_done = skip
+        batch: list[list[Any]] = []
+        for row in spool:
+            position = row[0]
+            if position <= skip or row[1] in bad_lines:
                 continue
-            if line not in bad_lines:
-                batch.append(parse_record(line, raw, context.policy, check_decision=False))
+            batch.append(row)
             if len(batch) >= batch_size:
                 _write_batch(context, import_id, batch, position, summary, finished=False)
                 batch = []
                 if progress:
                     progress(position)
-    _write_batch(context, import_id, batch, position, summary, finished=True)
+    _write_batch(context, import_id, batch, total, summary, finished=True)
     if progress:
-        progress(position)
+        progress(total)
     return summary
 
 
@@ -378,18 +457,20 @@ def _erased_rows(
 ) -> list[RowError]:
     if not rows:
         return []
-    by_hash: dict[bytes, list[tuple[int, dict[str, Any]]]] = {}
+    by_id: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for line, subject_id, raw in rows:
-        by_hash.setdefault(erased_id_hash(context.erasure_secret, subject_id), []).append(
-            (line, raw)
-        )
+        by_id.setdefault(subject_id, []).append((line, raw))
     errors = []
     with read_session(context.engine) as session:
+        # Erasures are rare: when there are none, no id needs its keyed hash.
+        if session.scalar(select(col(ErasedSubject.id_hash)).limit(1)) is None:
+            return []
+        by_hash = {erased_id_hash(context.erasure_secret, sid): sid for sid in by_id}
         for chunk in _chunks(list(by_hash)):
             for (id_hash,) in session.execute(
                 select(col(ErasedSubject.id_hash)).where(col(ErasedSubject.id_hash).in_(chunk))
             ):
-                for line, raw in by_hash[id_hash]:
+                for line, raw in by_id[by_hash[id_hash]]:
                     errors.append(RowError(line, "subject_id", "this subject was erased", raw))
     return errors
 
@@ -397,20 +478,27 @@ def _erased_rows(
 def _write_batch(
     context: ImportContext,
     import_id: str,
-    batch: list[ImportRecord],
+    batch: list[list[Any]],
     rows_done: int,
     summary: ImportSummary,
     *,
     finished: bool,
 ) -> None:
     with write_session(context.engine) as session:
+        if is_sqlite(context.engine):
+            # A batch dirties thousands of pages of the random-key indexes (subject refs);
+            # with SQLite's default 2 MB cache they spill to the WAL mid-transaction and
+            # are written again. Bounded, and only on the import's connection.
+            session.execute(text(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
         if batch:
             writer = LogWriter.open(session, actor=context.actor)
             mappings, latest = _load_batch_subjects(session, batch)
+            # A copy: `latest` moves on as rows are appended, the projector starts from the
+            # committed versions.
             projector = Projector(dict(latest).get)
             new_mappings: list[tuple[str, str, bytes]] = []
-            for record in batch:
-                _append_record(writer, record, mappings, latest, new_mappings, context.policy)
+            for row in batch:
+                _append_row(writer, row, mappings, latest, new_mappings)
             bulk_insert(session, "subjects", ("subject_id", "ref", "salt"), new_mappings)
             if writer.pending:
                 signer = context.signer_for(writer.verifier_key)
@@ -436,9 +524,9 @@ def _write_batch(
 
 
 def _load_batch_subjects(
-    session: Session, batch: list[ImportRecord]
+    session: Session, batch: list[list[Any]]
 ) -> tuple[dict[str, str], dict[str, SubjectRow]]:
-    ids = list({record.subject_id for record in batch})
+    ids = list({row[2] for row in batch})
     mappings: dict[str, str] = {}
     for chunk in _chunks(ids):
         for subject_id, ref in session.execute(
@@ -460,48 +548,71 @@ def _load_batch_subjects(
     return mappings, latest
 
 
-def _append_record(
+def _append_row(
     writer: LogWriter,
-    record: ImportRecord,
+    row: list[Any],
     mappings: dict[str, str],
     latest: dict[str, SubjectRow],
     new_mappings: list[tuple[str, str, bytes]],
-    policy: Policy,
 ) -> None:
-    ref = mappings.get(record.subject_id)
+    """Append a spooled row's entries. Every value in it was validated in pass 1, so the
+    entries are vetted (`canonical_bytes` needs no safety walk)."""
+    line, subject_id, jurisdiction, jurisdiction_given, minor = row[1:6]
+    ref = mappings.get(subject_id)
     if ref is None:
         ref, salt = new_subject_ref(), new_salt()
-        mappings[record.subject_id] = ref
-        new_mappings.append((record.subject_id, ref, salt))
+        mappings[subject_id] = ref
+        new_mappings.append((subject_id, ref, salt))
         entry = writer.append(
             "subject.registered",
             {
                 "subject": ref,
-                "commitment": commitment(salt, record.subject_id),
-                "jurisdiction": record.jurisdiction,
-                "minor": bool(record.minor),
+                "commitment": commitment(salt, subject_id),
+                "jurisdiction": jurisdiction,
+                "minor": bool(minor),
             },
+            vetted=True,
         )
         latest[ref] = {
             "ref": ref,
             "seq": entry.seq,
-            "jurisdiction": record.jurisdiction,
-            "minor": bool(record.minor),
+            "jurisdiction": jurisdiction,
+            "minor": bool(minor),
             "erased": False,
         }
-    elif record.decision is None:
+    elif len(row) == 6:
         current = latest[ref]
         changed: dict[str, Any] = {}
-        if record.jurisdiction_given and record.jurisdiction != current["jurisdiction"]:
-            changed["jurisdiction"] = record.jurisdiction
-        if record.minor is not None and record.minor != current["minor"]:
-            changed["minor"] = record.minor
+        if jurisdiction_given and jurisdiction != current["jurisdiction"]:
+            changed["jurisdiction"] = jurisdiction
+        if minor is not None and minor != current["minor"]:
+            changed["minor"] = minor
         if changed:
-            entry = writer.append("subject.updated", {"subject": ref, **changed})
+            entry = writer.append("subject.updated", {"subject": ref, **changed}, vetted=True)
             latest[ref] = {**current, **changed, "seq": entry.seq}
-    if record.decision is not None:
-        data = validate_decision(record.decision, policy, now=writer.time, field="row")
-        writer.append("consent.recorded", {"subject": ref, **data})
+    if len(row) > 6:
+        category, purpose, decision, explicit, method, notice, effective, expires = row[6:]
+        if effective is None:
+            effective = writer.time
+            if expires is not None and expires <= effective:
+                raise InvalidInput(
+                    f"must be later than effective ({effective})", field=f"line {line}, expires"
+                )
+        writer.append(
+            "consent.recorded",
+            {
+                "subject": ref,
+                "category": category,
+                "purpose": purpose,
+                "decision": decision,
+                "explicit": explicit,
+                "method": method,
+                "notice": notice,
+                "effective": effective,
+                "expires": expires,
+            },
+            vetted=True,
+        )
 
 
 def _chunks(items: list[Any], size: int = 900) -> Iterator[list[Any]]:

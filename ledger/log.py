@@ -98,6 +98,8 @@ class LogWriter:
     verifier_key: str
     _tree: merkle.TreeBuilder
     _pending: list[LogEntry] = field(default_factory=list)
+    # The `log_entries` rows of `_pending`, built as each entry is appended.
+    _rows: list[tuple[int, str, str | None, bytes]] = field(default_factory=list)
     _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
     _projected: int = 0
 
@@ -130,7 +132,9 @@ class LogWriter:
     def pending(self) -> Sequence[LogEntry]:
         return self._pending
 
-    def append(self, kind: str, data: dict[str, Any]) -> LogEntry:
+    def append(self, kind: str, data: dict[str, Any], *, vetted: bool = False) -> LogEntry:
+        """Add an entry. `vetted`: `data` was built by the ledger from validated values,
+        so its canonical bytes need no safety walk (see `canonical_bytes`)."""
         seq = self._tree.size
         body = {
             "v": ENTRY_VERSION,
@@ -140,11 +144,14 @@ class LogWriter:
             "actor": self.actor,
             "data": data,
         }
-        canonical = canonical_bytes(body)
+        # A right-sized copy: orjson's result keeps its 4 KB buffer, and an append (a
+        # batch of an import) holds thousands of entries until it is sealed.
+        canonical = bytes(memoryview(canonical_bytes(body, vetted=vetted)))
         entry = LogEntry(seq=seq, canonical=canonical, body=body)
-        for level, index, node in self._tree.append(merkle.leaf_hash(canonical)):
-            self._nodes.append((level, index, node))
+        self._nodes.extend(self._tree.append(merkle.leaf_hash(canonical)))
         self._pending.append(entry)
+        subject = data.get("subject") if kind in SUBJECT_KINDS else None
+        self._rows.append((seq, kind, subject, canonical))
         return entry
 
     def mark(self) -> WriterMark:
@@ -160,6 +167,7 @@ class LogWriter:
     def rollback_to(self, mark: WriterMark) -> None:
         self._tree = merkle.TreeBuilder(mark.size, mark.frontier)
         del self._pending[mark.pending :]
+        del self._rows[mark.pending :]
         del self._nodes[mark.nodes :]
         self._projected = mark.projected
 
@@ -172,7 +180,7 @@ class LogWriter:
         for table, rows in project(self._pending[self._projected :]).items():
             if rows:
                 columns = tuple(rows[0])
-                bulk_insert(self.session, table, columns, [tuple(row.values()) for row in rows])
+                bulk_insert(self.session, table, columns, list(map(tuple, map(dict.values, rows))))
         self._projected = len(self._pending)
 
     def seal(
@@ -187,20 +195,7 @@ class LogWriter:
                 f"{self.verifier_key}"
             )
         session = self.session
-        bulk_insert(
-            session,
-            "log_entries",
-            ("seq", "kind", "subject", "canonical"),
-            [
-                (
-                    entry.seq,
-                    entry.kind,
-                    entry.data.get("subject") if entry.kind in SUBJECT_KINDS else None,
-                    entry.canonical,
-                )
-                for entry in self._pending
-            ],
-        )
+        bulk_insert(session, "log_entries", ("seq", "kind", "subject", "canonical"), self._rows)
         bulk_insert(session, "merkle_nodes", ("level", "idx", "hash"), self._nodes)
         if project is not None:
             self.project(project)
@@ -211,6 +206,7 @@ class LogWriter:
         session.execute(update(LedgerState).where(col(LedgerState.id) == 1).values(tree_size=size))
         sealed = SealedAppend(entries=tuple(self._pending), tree_size=size, checkpoint=note)
         self._pending = []
+        self._rows = []
         self._nodes = []
         self._projected = 0
         return sealed

@@ -16,6 +16,7 @@ from ledger.log import LogEntry
 
 SubjectRow = dict[str, Any]
 Rows = dict[str, list[dict[str, Any]]]
+_SUBJECT_KINDS = frozenset({"subject.registered", "subject.updated", "subject.erased"})
 
 
 class Projector:
@@ -32,11 +33,16 @@ class Projector:
         return row
 
     def project(self, entries: Sequence[LogEntry]) -> Rows:
-        rows: Rows = {"subject_versions": [], "consent_decisions": [], "policy_versions": []}
+        # Runs for every entry appended and every entry verified: locals, not lookups.
+        versions: list[dict[str, Any]] = []
+        decisions: list[dict[str, Any]] = []
+        policies: list[dict[str, Any]] = []
+        subject_row = self._subject_row
         for entry in entries:
-            kind, data = entry.kind, entry.data
+            body = entry.body
+            kind, data = body["kind"], body["data"]
             if kind == "consent.recorded":
-                rows["consent_decisions"].append(
+                decisions.append(
                     {
                         "seq": entry.seq,
                         "ref": data["subject"],
@@ -50,17 +56,21 @@ class Projector:
                         "expires": data["expires"],
                     }
                 )
-            elif kind in ("subject.registered", "subject.updated", "subject.erased"):
-                rows["subject_versions"].append(self._subject_row(entry))
+            elif kind in _SUBJECT_KINDS:
+                versions.append(subject_row(entry))
             elif kind == "policy.published":
-                rows["policy_versions"].append(
+                policies.append(
                     {
                         "version": data["version"],
                         "seq": entry.seq,
                         "document": canonical_bytes(data["policy"]).decode(),
                     }
                 )
-        return rows
+        return {
+            "subject_versions": versions,
+            "consent_decisions": decisions,
+            "policy_versions": policies,
+        }
 
     def _subject_row(self, entry: LogEntry) -> SubjectRow:
         data = entry.data

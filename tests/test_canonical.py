@@ -31,6 +31,26 @@ def test_canonical_bytes_equal_rfc8785_reference(document: dict[str, object]) ->
     assert canonical_bytes(document) == bytes(rfc8785.dumps(document))
 
 
+# What the ledger builds entries from: ASCII keys, strings, bools, None, safe integers.
+vetted_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(alphabet=st.characters(max_codepoint=127)), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.text(alphabet=st.characters(max_codepoint=127)), vetted_values))
+def test_vetted_bodies_skip_the_walk_and_still_equal_rfc8785(document: dict[str, object]) -> None:
+    assert canonical_bytes(document, vetted=True) == bytes(rfc8785.dumps(document))
+
+
 @settings(max_examples=200)
 @given(st.dictionaries(st.text(), json_values, max_size=6))
 def test_canonical_bytes_parse_back_to_the_same_document(document: dict[str, object]) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 import pytest
+import rfc8785
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
@@ -436,6 +437,12 @@ def test_import_of_generated_rows_lands_every_row(
     assert ticks == sorted(ticks)
     assert import_rows(ledger.engine) == [(summary.import_id, rows_count, summary.entries, True)]
     assert_import_landed(ledger, rows, before)
+    # The import skips the fast path's safety walk: its bytes must still be the reference's.
+    with ledger.engine.connect() as connection:
+        stored = connection.execute(
+            select(col(LogEntryRow.canonical)).where(col(LogEntryRow.seq) >= before.tree_size)
+        ).scalars()
+        assert all(bytes(rfc8785.dumps(orjson.loads(data))) == data for data in stored)
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
