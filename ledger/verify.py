@@ -444,11 +444,13 @@ class _Verifier:
             level += 1
 
     def _root(self, size: int) -> bytes:
-        hashes = []
-        for level, index in merkle.root_node_keys(size):
-            offset = index * merkle.HASH_SIZE
-            hashes.append(bytes(self.levels[level][offset : offset + merkle.HASH_SIZE]))
-        return merkle.fold_root(hashes)
+        levels, width = self.levels, merkle.HASH_SIZE
+        return merkle.fold_root(
+            [
+                bytes(levels[level][index * width : (index + 1) * width])
+                for level, index in merkle.root_node_keys(size)
+            ]
+        )
 
     # 4. tree nodes -------------------------------------------------------------------------
 
@@ -658,7 +660,8 @@ class _OrderedRows:
         dbapi: Any = conn.connection.dbapi_connection
         if conn.dialect.name == "postgresql":
             _OrderedRows._opened += 1
-            self._cursor = dbapi.cursor(name=f"verify_{_OrderedRows._opened}")
+            # Binary results: bytea arrives as bytes, not hex text to decode.
+            self._cursor = dbapi.cursor(name=f"verify_{_OrderedRows._opened}", binary=True)
         else:
             self._cursor = dbapi.cursor()
         self._cursor.execute(sql)
