@@ -112,8 +112,17 @@ def parse_canonical(data: bytes) -> dict[str, Any]:
         raise VerificationError(f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise VerificationError("not a JSON object")
-    if _plainly_canonical(data, value):
-        return value
+    # The cheap test first: for ASCII bytes (hence ASCII keys, whose JCS order
+    # is byte order), no floats and integers within ±MAX_SAFE_INTEGER, orjson
+    # with sorted keys writes exactly the JCS bytes (the fast path of
+    # `canonical_bytes`), so bytes it re-encodes unchanged are canonical.
+    # Verification runs this on every entry.
+    if data.isascii() and not _holds_float(value):
+        try:
+            if orjson.dumps(value, option=_STRICT_SORTED) == data:
+                return value
+        except orjson.JSONEncodeError:
+            pass  # an integer beyond ±MAX_SAFE_INTEGER
     # Everything else (non-ASCII, floats, large integers, or simply not
     # canonical) takes the full check, which also says what is wrong.
     try:
@@ -128,22 +137,6 @@ def parse_canonical(data: bytes) -> dict[str, Any]:
 # Integers beyond ±MAX_SAFE_INTEGER make orjson raise instead of encoding them.
 _STRICT_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 _SCALARS = frozenset({str, int, bool, type(None)})
-
-
-def _plainly_canonical(data: bytes, value: dict[str, Any]) -> bool:
-    """Whether `data` is canonical by the cheap test: orjson re-encodes it byte for byte.
-
-    For ASCII bytes (hence ASCII keys, whose JCS order is byte order), no
-    floats and integers within ±MAX_SAFE_INTEGER, orjson with sorted keys
-    writes exactly the JCS bytes; that is the fast path of `canonical_bytes`,
-    checked here without its per-key walk. Verification runs this on every entry.
-    """
-    if not data.isascii() or _holds_float(value):
-        return False
-    try:
-        return orjson.dumps(value, option=_STRICT_SORTED) == data
-    except orjson.JSONEncodeError:
-        return False
 
 
 def _holds_float(value: dict[str, Any]) -> bool:

@@ -259,7 +259,7 @@ class _Verifier:
             ):
                 self._check_entry_shape(seq, body, kind, subject)
             if stated == "subject.registered":
-                self._registered(seq, data)
+                self._registered(seq, data, subject)
             elif stated == "subject.erased":
                 self.erasures[seq] = subject
             leaves += sha256(b"\x00" + canonical).digest()
@@ -324,9 +324,9 @@ class _Verifier:
         self.latest_key = text
         self.key_events.append(_KeyEvent(seq, kind, text, key))
 
-    def _registered(self, seq: int, data: dict[str, Any]) -> None:
-        ref, promised = data.get("subject"), data.get("commitment")
-        if not isinstance(ref, str):
+    def _registered(self, seq: int, data: dict[str, Any], ref: str | None) -> None:
+        promised = data.get("commitment")
+        if ref is None:
             return  # no mapping row can name it
         if not isinstance(promised, str):
             promised = ""  # opens for no mapping row
@@ -346,7 +346,7 @@ class _Verifier:
             # Plain tuples in the projector's column order: comparing millions of
             # rows as mappings would cost more than everything else verify does.
             as_tuple = itemgetter(*_PROJECTION_COLUMNS[table])
-            expected = [as_tuple(row) for row in rows]
+            expected = list(map(as_tuple, rows))
             stream = projections[table]
             actual = stream.below(end)
             if expected == actual:
@@ -777,9 +777,10 @@ def _pair_hashes(below: bytearray, start: int, stop: int) -> bytes:
     """The parents of node pairs start..stop-1 of one level (RFC 9162 interior nodes)."""
     sha256 = hashlib.sha256
     width = 2 * merkle.HASH_SIZE
+    pairs = memoryview(below)  # slices without copies
     return b"".join(
         [
-            sha256(b"\x01" + below[offset : offset + width]).digest()
+            sha256(b"\x01" + pairs[offset : offset + width]).digest()
             for offset in range(start * width, stop * width, width)
         ]
     )
