@@ -57,6 +57,7 @@ __all__ = [
     "validate_key_name",
     "validate_origin",
     "verify_note",
+    "verify_note_signatures",
 ]
 
 B64Str = NewType("B64Str", str)
@@ -80,6 +81,9 @@ GO_SIGNER_PREFIX = "PRIVATE+KEY+"
 # digits; a tree size is plain ASCII decimal with no leading zeros.
 _TREE_SIZE = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 _HEX_KEY_ID = re.compile(r"[0-9a-fA-F]{8}", re.ASCII)
+# What a key name may not hold: `\s` is exactly the set `str.isspace` accepts.
+_NOT_IN_KEY_NAME = re.compile(r"[\s+\x00-\x1f]")
+_CONTROL_CHARACTER = re.compile("[\x00-\x09\x0b-\x1f]")
 
 
 # --- base64 -------------------------------------------------------------------
@@ -117,6 +121,11 @@ def validate_key_name(name: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidInput("key name must be a non-empty string", field="name")
+    # Every signature line of every note checks a name: one regex scan for
+    # the common case, the checks below only to say what is wrong.
+    if _NOT_IN_KEY_NAME.search(name) is None:
+        _require_utf8(name, field="name")
+        return name
     if any(char.isspace() for char in name):
         raise InvalidInput("key name must not contain whitespace", field="name")
     if "+" in name:
@@ -365,10 +374,9 @@ def _check_text(text: str) -> None:
 
 
 def _control_character(text: str) -> str | None:
-    for char in text:
-        if char < " " and char != "\n":
-            return char
-    return None
+    """The first character below U+0020 other than a newline, if any."""
+    found = _CONTROL_CHARACTER.search(text)
+    return None if found is None else found.group()
 
 
 def _parse_note(note: str, *, subject: str) -> Note:
@@ -448,9 +456,24 @@ def verify_note(note: str, keys: Sequence[VerifierKey]) -> tuple[Note, list[Veri
     return _verify(note, keys, subject="signed note")
 
 
+def verify_note_signatures(note: Note, keys: Sequence[VerifierKey]) -> list[VerifierKey]:
+    """Check the signatures of a note parsed earlier, as `verify_note` does.
+
+    For a verifier that checks one note against several sets of keys (a key
+    rotation needs the old and the new key): the note is parsed once.
+    """
+    return _check_signatures(note, _known_keys(keys), subject="signed note")
+
+
 def _verify(
     note: str, keys: Sequence[VerifierKey], *, subject: str
 ) -> tuple[Note, list[VerifierKey]]:
+    known = _known_keys(keys)
+    parsed = _parse_note(note, subject=subject)
+    return parsed, _check_signatures(parsed, known, subject=subject)
+
+
+def _known_keys(keys: Sequence[VerifierKey]) -> dict[tuple[str, bytes], VerifierKey]:
     known: dict[tuple[str, bytes], VerifierKey] = {}
     for key in keys:
         slot = (key.name, bytes(key.key_id))
@@ -462,7 +485,12 @@ def _verify(
                 field="keys",
             )
         known[slot] = key
-    parsed = _parse_note(note, subject=subject)
+    return known
+
+
+def _check_signatures(
+    parsed: Note, known: dict[tuple[str, bytes], VerifierKey], *, subject: str
+) -> list[VerifierKey]:
     message = parsed.text.encode("utf-8")
     verified: set[tuple[str, bytes]] = set()
     for number, signature in enumerate(parsed.signatures, start=1):
@@ -484,7 +512,7 @@ def _verify(
             f"no signature by a known key (signed by {claimed}; known keys: {trusted})",
             subject=subject,
         )
-    return parsed, [key for slot, key in known.items() if slot in verified]
+    return [key for slot, key in known.items() if slot in verified]
 
 
 # --- checkpoints --------------------------------------------------------------

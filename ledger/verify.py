@@ -1,56 +1,64 @@
 """Full verification of a stored ledger, recomputing everything from canonical bytes.
 
-The steps, in the order they run (the first failure stops verification and
-names the entry, checkpoint or subject at fault):
+The steps (the first failure stops verification and names the entry,
+checkpoint or subject at fault). The log is read once, in seq order and in
+chunks; steps 1-3 run chunk by chunk, in that order, the rest at the end:
 
 1. Entries: seqs run 0..n-1 with no gap; bytes are canonical JSON whose
    `seq` is the row's seq; the row's kind and subject columns match.
-2. Checkpoints: at each stored checkpoint the root recomputed from the
+2. Projections: replaying the entries gives exactly the rows stored in
+   `subject_versions`, `consent_decisions` and `policy_versions`, and no
+   row lies outside the log.
+3. Checkpoints: at each stored checkpoint the root recomputed from the
    entries equals the signed root, the note names this log's origin, and it
    carries a valid signature by a key trusted at the previous checkpoint and
    by every key announced since (which is how rotation is followed).
-3. Projections: replaying the entries gives exactly the rows stored in
-   `subject_versions`, `consent_decisions` and `policy_versions`.
 4. Tree nodes: every stored Merkle node equals the one recomputed from the
    entries, so proofs served from them are sound.
 5. Subjects: every mapping row's salt and id open the commitment of its
-   `subject.registered` entry; every erasure record points at an erasure.
+   `subject.registered` entry, no erased subject has one; every erasure
+   record points at an erasure and every erasure has one.
 6. Head: the ledger's recorded size is the number of entries, and the last
    checkpoint covers all of them.
 7. External checkpoints (saved earlier elsewhere): each is signed by a key of
    this log and its root equals the root recomputed at its size, which proves
    the log has not been rolled back, truncated or forked since.
+
+Every table is read as plain DBAPI tuples through one ordered cursor each
+(server-side on PostgreSQL), so the cost is the parsing and hashing, not the
+reading.
 """
 
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from ledger import merkle
 from ledger.canonical import parse_canonical
 from ledger.db import read_session
 from ledger.errors import InvalidInput, NotInitialized, VerificationError
+from ledger.gcpause import no_gc
 from ledger.log import SUBJECT_KINDS, LogEntry
-from ledger.notes import Checkpoint, VerifierKey, b64, open_checkpoint, verify_note
-from ledger.projection import Projector
-from ledger.schema import (
-    CheckpointRow,
-    ConsentDecision,
-    ErasedSubject,
-    LedgerState,
-    LogEntryRow,
-    MerkleNode,
-    PolicyVersion,
-    SubjectMapping,
-    SubjectVersion,
+from ledger.notes import (
+    Checkpoint,
+    Note,
+    VerifierKey,
+    b64,
+    open_checkpoint,
+    verify_note_signatures,
 )
+from ledger.projection import Projector
+from ledger.schema import LedgerState
 from ledger.subjects import commitment
 
 KNOWN_KINDS = frozenset(
@@ -65,7 +73,9 @@ KNOWN_KINDS = frozenset(
         "subject.erased",
     }
 )
-CHUNK = 5_000
+KEY_KINDS = frozenset({"ledger.initialized", "key.added", "key.retired"})
+# Entries per chunk: the parsed entries of one chunk are held at once (~2 KB each).
+CHUNK = 10_000
 
 
 @dataclass
@@ -100,8 +110,18 @@ def verify_ledger(
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Verify everything; raise VerificationError naming the first problem."""
-    with read_session(engine) as session:
+    with no_gc(), read_session(engine) as session:
         return _Verifier(session, external_checkpoints, trusted_key, progress).run()
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyEvent:
+    """A key announced or retired by an entry: it takes effect at the next checkpoint."""
+
+    seq: int
+    kind: str
+    text: str
+    key: VerifierKey | None
 
 
 class _Verifier:
@@ -113,357 +133,412 @@ class _Verifier:
         progress: Progress | None,
     ) -> None:
         self.session = session
-        # Core connection: the hot loops skip the ORM's per-row overhead.
         self.conn = session.connection()
         self.external_notes = list(external)
         self.trusted_key = trusted_key
         self.progress = progress
-        self.tree = merkle.TreeBuilder()
-        self.leaves = bytearray()
+        # levels[0] holds the leaf hashes, levels[k] the hashes of the perfect
+        # subtrees of 2**k leaves: the whole tree, packed, as the node store has it.
+        self.levels: list[bytearray] = [bytearray()]
+        self.size = 0
         self.projector = Projector()
         self.origin = ""
         self.trusted: dict[str, VerifierKey] = {}  # keys trusted at the last checkpoint
         self.announced: dict[str, VerifierKey] = {}  # added since the last checkpoint
         self.retired: set[str] = set()
         self.every_key: dict[str, VerifierKey] = {}
-        self.roots_wanted: dict[int, bytes | None] = {}
+        self.key_events: deque[_KeyEvent] = deque()
         self.checkpoints_seen = 0
+        self.previous_checkpoint_size = 0
         self.latest_key = ""
-        self.erasures: set[int] = set()
+        # ref -> commitment of its subject.registered entry (and any repeat registrations).
+        self.commitments: dict[str, str] = {}
+        self.repeat_registrations: list[tuple[int, str, str]] = []
+        self.erasures: dict[int, str] = {}  # seq of each subject.erased -> its ref
 
     def run(self) -> VerifyReport:
         state = self.session.get(LedgerState, 1)
         if state is None:
             raise NotInitialized("no ledger in this database: run `consent-ledger init`")
-        total = self.session.scalar(
-            select(col(LogEntryRow.seq)).order_by(col(LogEntryRow.seq).desc()).limit(1)
-        )
-        expected_total = -1 if total is None else total
+        last_seq = self.conn.exec_driver_sql("SELECT MAX(seq) FROM log_entries").scalar()
+        total = 0 if last_seq is None else int(last_seq) + 1
         externals = [
             self._parse_external(position, note)
             for position, note in enumerate(self.external_notes)
         ]
-        for _, checkpoint in externals:
-            self.roots_wanted[checkpoint.size] = None
-        checkpoints = self._stream_checkpoints()
-        pending_checkpoint = next(checkpoints, None)
-        for start in range(0, expected_total + 1, CHUNK):
-            end = min(start + CHUNK, expected_total + 1)
-            entries = self._entries(start, end)
-            self._compare_projection(start, end, entries)
-            for entry in entries:
-                self._check_keys(entry)
-                self.tree.append(merkle.leaf_hash(entry.canonical))
-                self.leaves += merkle.leaf_hash(entry.canonical)
-                size = self.tree.size
-                if size in self.roots_wanted:
-                    self.roots_wanted[size] = self.tree.root()
-                while pending_checkpoint is not None and pending_checkpoint.tree_size <= size:
-                    self._check_checkpoint(pending_checkpoint)
-                    pending_checkpoint = next(checkpoints, None)
-            if self.progress:
-                self.progress(end, expected_total + 1)
-        size = self.tree.size
-        if pending_checkpoint is not None:
-            raise VerificationError(
-                f"signs a tree of size {pending_checkpoint.tree_size} but the log has only "
-                f"{size} entries: entries were deleted or the log was truncated",
-                subject=f"checkpoint {pending_checkpoint.tree_size}",
+        with ExitStack() as cursors:
+            entries = cursors.enter_context(
+                _OrderedRows(
+                    self.conn,
+                    "SELECT seq, kind, subject, canonical FROM log_entries ORDER BY seq",
+                )
             )
-        self._check_no_rows_beyond(size)
-        self._check_nodes()
-        subjects = self._check_subjects()
-        self._check_head(state, size)
+            checkpoints = cursors.enter_context(
+                _OrderedRows(
+                    self.conn, "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size"
+                )
+            )
+            projections = {
+                table: cursors.enter_context(
+                    _OrderedRows(
+                        self.conn,
+                        f"SELECT {', '.join(columns)} FROM {table} ORDER BY seq",
+                        key_at=columns.index("seq"),
+                    )
+                )
+                for table, columns in _PROJECTION_COLUMNS.items()
+            }
+            for batch in entries.batches():
+                chunk = self._entries(batch)
+                self._compare_projection(chunk, projections)
+                self._grow_levels()
+                for row in checkpoints.below(self.size + 1):
+                    self._check_checkpoint(*row)
+                if self.progress:
+                    self.progress(self.size, max(total, self.size))
+            for tree_size, _, _ in checkpoints.below(None):
+                raise VerificationError(
+                    f"signs a tree of size {tree_size} but the log has only {self.size} "
+                    "entries: entries were deleted or the log was truncated",
+                    subject=f"checkpoint {tree_size}",
+                )
+            for table, rows in projections.items():
+                for row in rows.below(None):
+                    seq = row[rows.key_at]
+                    raise VerificationError(
+                        f"{table} has a row for entry {seq}, which the log does not hold",
+                        subject=f"entry {seq}",
+                    )
+            self._check_nodes()
+            subjects = self._check_subjects()
+        self._check_head(state)
         for position, checkpoint in externals:
             self._check_external(position, checkpoint)
         return VerifyReport(
             origin=self.origin,
-            entries=size,
+            entries=self.size,
             checkpoints=self.checkpoints_seen,
             subjects=subjects,
-            root=b64(self.tree.root()),
+            root=b64(self._root(self.size)),
             external_checkpoints=[checkpoint.size for _, checkpoint in externals],
         )
 
     # 1. entries -----------------------------------------------------------------------------
 
-    def _entries(self, start: int, end: int) -> list[LogEntry]:
-        rows = self.conn.execute(
-            select(
-                col(LogEntryRow.seq),
-                col(LogEntryRow.kind),
-                col(LogEntryRow.subject),
-                col(LogEntryRow.canonical),
-            )
-            .where(col(LogEntryRow.seq) >= start, col(LogEntryRow.seq) < end)
-            .order_by(col(LogEntryRow.seq))
-        )
+    def _entries(self, rows: list[tuple[Any, ...]]) -> list[LogEntry]:
+        """Check one chunk of entry rows; hash them into the tree."""
         entries = []
-        expected = start
+        leaves = self.levels[0]
+        sha256 = hashlib.sha256
+        expected = self.size
         for seq, kind, subject, canonical in rows:
-            where = f"entry {expected}"
             if seq != expected:
+                if seq < expected:
+                    raise VerificationError(
+                        "is stored before the first entry of the log", subject=f"entry {seq}"
+                    )
                 raise VerificationError(
                     f"is missing (the next stored entry is {seq}): entries were deleted",
-                    subject=where,
+                    subject=f"entry {expected}",
                 )
             try:
                 body = parse_canonical(canonical)
             except VerificationError as exc:
-                raise VerificationError(f"bytes changed: {exc}", subject=where) from exc
-            entry = LogEntry(seq=seq, canonical=canonical, body=body)
-            self._check_entry_shape(entry, kind, subject, where)
-            entries.append(entry)
+                raise VerificationError(f"bytes changed: {exc}", subject=f"entry {seq}") from exc
+            # The checks of `_check_entry_shape`, inlined for the common case.
+            data: Any = body.get("data")
+            stated = body.get("kind")
+            if (
+                body.get("seq") != seq
+                or body.get("v") != 1
+                or type(data) is not dict
+                or kind != stated
+                or stated not in SUBJECT_KINDS
+                or subject != data.get("subject")
+                or seq == 0
+            ):
+                self._check_entry_shape(seq, body, kind, subject)
+            if stated == "subject.registered":
+                self._registered(seq, data, subject)
+            elif stated == "subject.erased":
+                self.erasures[seq] = subject
+            leaves += sha256(b"\x00" + canonical).digest()
+            entries.append(LogEntry(seq, canonical, body))
             expected += 1
-        if expected != end:
-            raise VerificationError("is missing: entries were deleted", subject=f"entry {expected}")
+        self.size = expected
         return entries
 
     def _check_entry_shape(
-        self, entry: LogEntry, kind: str, subject: str | None, where: str
+        self, seq: int, body: dict[str, Any], kind: str, subject: str | None
     ) -> None:
-        body = entry.body
-        if body.get("seq") != entry.seq:
+        where = f"entry {seq}"
+        if body.get("seq") != seq:
             raise VerificationError(
                 f"bytes say seq {body.get('seq')!r}: entries were reordered or rewritten",
                 subject=where,
             )
         if body.get("v") != 1 or not isinstance(body.get("data"), dict):
             raise VerificationError("bytes changed: not a version 1 entry", subject=where)
-        if body.get("kind") not in KNOWN_KINDS:
-            raise VerificationError(f"unknown kind {body.get('kind')!r}", subject=where)
-        if kind != body["kind"]:
+        stated = body.get("kind")
+        if not isinstance(stated, str) or stated not in KNOWN_KINDS:
+            raise VerificationError(f"unknown kind {stated!r}", subject=where)
+        if kind != stated:
             raise VerificationError(
-                f"row says kind {kind!r} but the bytes say {body['kind']!r}", subject=where
+                f"row says kind {kind!r} but the bytes say {stated!r}", subject=where
             )
-        expected_subject = body["data"].get("subject") if body["kind"] in SUBJECT_KINDS else None
+        data = body["data"]
+        expected_subject = data.get("subject") if stated in SUBJECT_KINDS else None
         if subject != expected_subject:
             raise VerificationError(
                 f"row says subject {subject!r} but the bytes say {expected_subject!r}",
                 subject=where,
             )
-        if entry.seq == 0:
-            if body["kind"] != "ledger.initialized":
+        if seq == 0:
+            if stated != "ledger.initialized":
                 raise VerificationError("the first entry is not ledger.initialized", subject=where)
-            self.origin = body["data"]["origin"]
+            origin = data.get("origin")
+            if not isinstance(origin, str):
+                raise VerificationError("ledger.initialized names no origin", subject=where)
+            self.origin = origin
+        if stated in KEY_KINDS:
+            self._key_entry(seq, stated, data)
 
-    def _check_keys(self, entry: LogEntry) -> None:
-        if entry.kind in ("ledger.initialized", "key.added"):
-            text = entry.data["verifier_key"]
-            try:
-                key = VerifierKey.parse(text)
-            except InvalidInput as exc:
-                raise VerificationError(
-                    f"bad verifier key: {exc}", subject=f"entry {entry.seq}"
-                ) from exc
-            if key.name != self.origin:
-                raise VerificationError(
-                    f"announces a key named {key.name!r}, not the origin {self.origin!r}",
-                    subject=f"entry {entry.seq}",
-                )
-            self.announced[text] = key
-            self.every_key[text] = key
-            self.latest_key = text
-        elif entry.kind == "key.retired":
-            self.retired.add(entry.data["verifier_key"])
-        elif entry.kind == "subject.erased":
-            self.erasures.add(entry.seq)
-
-    # 2. checkpoints ------------------------------------------------------------------------
-
-    def _stream_checkpoints(self) -> Iterator[CheckpointRow]:
-        last = -1
-        while True:
-            rows = list(
-                self.session.scalars(
-                    select(CheckpointRow)
-                    .where(col(CheckpointRow.tree_size) > last)
-                    .order_by(col(CheckpointRow.tree_size))
-                    .limit(CHUNK)
-                )
-            )
-            if not rows:
-                return
-            yield from rows
-            last = rows[-1].tree_size
-
-    def _check_checkpoint(self, row: CheckpointRow) -> None:
-        where = f"checkpoint {row.tree_size}"
-        if row.tree_size != self.tree.size:
+    def _key_entry(self, seq: int, kind: str, data: dict[str, Any]) -> None:
+        text = data.get("verifier_key")
+        where = f"entry {seq}"
+        if not isinstance(text, str):
+            raise VerificationError("names no verifier key", subject=where)
+        if kind == "key.retired":
+            self.key_events.append(_KeyEvent(seq, kind, text, None))
+            return
+        try:
+            key = VerifierKey.parse(text)
+        except InvalidInput as exc:
+            raise VerificationError(f"bad verifier key: {exc}", subject=where) from exc
+        if key.name != self.origin:
             raise VerificationError(
-                f"is not at an append boundary the entries reproduce (at size {self.tree.size})",
+                f"announces a key named {key.name!r}, not the origin {self.origin!r}",
                 subject=where,
             )
+        self.every_key[text] = key
+        self.latest_key = text
+        self.key_events.append(_KeyEvent(seq, kind, text, key))
+
+    def _registered(self, seq: int, data: dict[str, Any], ref: str | None) -> None:
+        promised = data.get("commitment")
+        if ref is None:
+            return  # no mapping row can name it
+        if not isinstance(promised, str):
+            promised = ""  # opens for no mapping row
+        if ref in self.commitments:
+            self.repeat_registrations.append((seq, ref, promised))
+        else:
+            self.commitments[ref] = promised
+
+    # 2. projections ------------------------------------------------------------------------
+
+    def _compare_projection(
+        self, entries: list[LogEntry], projections: dict[str, _OrderedRows]
+    ) -> None:
+        start, end = entries[0].seq, entries[-1].seq + 1
+        replayed = self.projector.project(entries)
+        for table, rows in replayed.items():
+            # Plain tuples in the projector's column order: comparing millions of
+            # rows as mappings would cost more than everything else verify does.
+            as_tuple = itemgetter(*_PROJECTION_COLUMNS[table])
+            expected = list(map(as_tuple, rows))
+            stream = projections[table]
+            actual = stream.below(end)
+            if expected == actual:
+                continue
+            seq_at = stream.key_at
+            if actual and actual[0][seq_at] < start:
+                seq = actual[0][seq_at]
+                raise VerificationError(
+                    f"{table} has a row for entry {seq}, which the log does not hold",
+                    subject=f"entry {seq}",
+                )
+            _name_difference(table, seq_at, expected, actual)
+
+    # 3. checkpoints ------------------------------------------------------------------------
+
+    def _apply_key_events(self, before: int) -> None:
+        events = self.key_events
+        while events and events[0].seq < before:
+            event = events.popleft()
+            if event.key is None:
+                self.retired.add(event.text)
+            else:
+                self.announced[event.text] = event.key
+
+    def _check_checkpoint(self, tree_size: int, stored_root: bytes, text: str) -> None:
+        where = f"checkpoint {tree_size}"
+        if tree_size <= 0:
+            raise VerificationError(
+                "is not at an append boundary the entries reproduce (at size 1)", subject=where
+            )
+        self._apply_key_events(tree_size)
         # Keys trusted at the previous checkpoint chain the log; every key
         # announced since must also have signed, proving its holder agreed.
         required = list(self.announced.values())
         chain = list(self.trusted.values()) or required
         try:
-            note, _ = verify_note(row.note, chain)
+            note = Note.parse(text)
+            signed = verify_note_signatures(note, chain)
             for key in required:
-                verify_note(row.note, [key])
+                if key not in signed:
+                    verify_note_signatures(note, [key])
+        except VerificationError as exc:
+            raise VerificationError(f"signature does not verify: {exc}", subject=where) from exc
+        root = self._root(tree_size)
+        # The body the log would have signed; any other text is parsed to say
+        # what differs. (The origin is a valid key name: its key signed.)
+        if note.text != f"{self.origin}\n{tree_size}\n{b64(root)}\n" or stored_root != root:
+            self._name_checkpoint_difference(note, tree_size, bytes(stored_root), root)
+        self.trusted.update(self.announced)
+        for retired in self.retired:
+            self.trusted.pop(retired, None)
+        self.announced.clear()
+        self.retired.clear()
+        self.previous_checkpoint_size = tree_size
+        self.checkpoints_seen += 1
+
+    def _name_checkpoint_difference(
+        self, note: Note, tree_size: int, stored_root: bytes, root: bytes
+    ) -> None:
+        where = f"checkpoint {tree_size}"
+        try:
             checkpoint = Checkpoint.parse_body(note.text)
         except VerificationError as exc:
             raise VerificationError(f"signature does not verify: {exc}", subject=where) from exc
         if checkpoint.origin != self.origin:
             raise VerificationError(f"names origin {checkpoint.origin!r}", subject=where)
-        if checkpoint.size != row.tree_size:
+        if checkpoint.size != tree_size:
             raise VerificationError(
-                f"signs size {checkpoint.size}, stored at {row.tree_size}", subject=where
+                f"signs size {checkpoint.size}, stored at {tree_size}", subject=where
             )
-        root = self.tree.root()
-        if checkpoint.root != root or row.root != root:
-            first = self._previous_checkpoint_size
-            raise VerificationError(
-                "signed root does not match the entries: an entry in "
-                f"{first}..{row.tree_size - 1} was changed",
-                subject=where,
-            )
-        self.trusted.update(self.announced)
-        for text in self.retired:
-            self.trusted.pop(text, None)
-        self.announced.clear()
-        self.retired.clear()
-        self._previous_checkpoint_size = row.tree_size
-        self.checkpoints_seen += 1
-
-    _previous_checkpoint_size = 0
-
-    # 3. projections ------------------------------------------------------------------------
-
-    def _compare_projection(self, start: int, end: int, entries: list[LogEntry]) -> None:
-        replayed = self.projector.project(entries)
-        for table, rows in replayed.items():
-            # Plain tuples in the projector's column order: comparing millions of
-            # rows as mappings would cost more than everything else verify does.
-            columns = _PROJECTION_COLUMNS[table]
-            expected = {row["seq"]: tuple(row[name] for name in columns) for row in rows}
-            actual = self._rows(table, columns, start, end)
-            if expected == actual:
-                continue
-            for seq in sorted(set(expected) | set(actual)):
-                if expected.get(seq) != actual.get(seq):
-                    raise VerificationError(
-                        f"{table} row for entry {seq} differs from a replay of the log: "
-                        f"stored {_described(columns, actual.get(seq))}, replay gives "
-                        f"{_described(columns, expected.get(seq))}",
-                        subject=f"entry {seq}",
-                    )
-
-    def _rows(
-        self, table: str, columns: tuple[str, ...], start: int, end: int
-    ) -> dict[int, tuple[Any, ...]]:
-        seq_at = columns.index("seq")
-        cursor = self.conn.exec_driver_sql(
-            f"SELECT {', '.join(columns)} FROM {table} WHERE seq >= {int(start)} "
-            f"AND seq < {int(end)}"
+        raise VerificationError(
+            "signed root does not match the entries: an entry in "
+            f"{self.previous_checkpoint_size}..{tree_size - 1} was changed",
+            subject=where,
         )
-        # SQLite gives booleans back as 0/1, which compare equal to False/True.
-        return {row[seq_at]: tuple(row) for row in cursor}
 
-    def _check_no_rows_beyond(self, size: int) -> None:
-        for model in (SubjectVersion, ConsentDecision, PolicyVersion):
-            table = model.__table__  # type: ignore[union-attr]
-            seq = self.conn.execute(
-                select(table.c.seq).where((table.c.seq >= size) | (table.c.seq < 0)).limit(1)
-            ).scalar()
-            if seq is not None:
-                raise VerificationError(
-                    f"{table.name} has a row for entry {seq}, which the log does not hold",
-                    subject=f"entry {seq}",
-                )
+    # The tree, packed by level ----------------------------------------------------------------
+
+    def _grow_levels(self) -> None:
+        """Hash every pair of nodes the last chunk of leaves completed, level by level."""
+        levels = self.levels
+        level = 0
+        while True:
+            below = levels[level]
+            pairs = len(below) // (2 * merkle.HASH_SIZE)
+            if pairs == 0:
+                return
+            if level + 1 == len(levels):
+                levels.append(bytearray())
+            above = levels[level + 1]
+            done = len(above) // merkle.HASH_SIZE
+            if done == pairs:
+                return
+            above += _pair_hashes(below, done, pairs)
+            level += 1
+
+    def _root(self, size: int) -> bytes:
+        levels, width = self.levels, merkle.HASH_SIZE
+        return merkle.fold_root(
+            [
+                bytes(levels[level][index * width : (index + 1) * width])
+                for level, index in merkle.root_node_keys(size)
+            ]
+        )
 
     # 4. tree nodes -------------------------------------------------------------------------
 
     def _check_nodes(self) -> None:
-        level_hashes = bytes(self.leaves)
-        level = 0
-        while level_hashes:
-            count = len(level_hashes) // merkle.HASH_SIZE
-            expected_index = 0
-            for index, stored in self.conn.execute(
-                select(col(MerkleNode.idx), col(MerkleNode.hash))
-                .where(col(MerkleNode.level) == level)
-                .order_by(col(MerkleNode.idx))
-            ):
-                where = f"merkle node {level}/{index}"
-                if index != expected_index or index >= count:
-                    raise VerificationError(
-                        "is missing or extra: the stored tree does not match the entries",
-                        subject=where,
-                    )
-                offset = index * merkle.HASH_SIZE
-                if stored != level_hashes[offset : offset + merkle.HASH_SIZE]:
-                    first_leaf = index << level
-                    raise VerificationError(
-                        "does not match the entries it covers: entry bytes or tree nodes "
-                        f"were changed in entries {first_leaf}..{first_leaf + (1 << level) - 1}",
-                        subject=where,
-                    )
-                expected_index += 1
-            if expected_index != count:
-                raise VerificationError(
-                    "is missing", subject=f"merkle node {level}/{expected_index}"
-                )
-            level_hashes = _next_level(level_hashes)
-            level += 1
+        size = merkle.HASH_SIZE
+        levels = [level for level in self.levels if level]
+        for level, hashes in enumerate(levels):
+            count = len(hashes) // size
+            # (level, idx) is the primary key: with count, lowest and highest
+            # right, the indexes are exactly 0..count-1, and the hashes can be
+            # read alone, in index order.
+            placed = self.conn.exec_driver_sql(
+                f"SELECT COUNT(*), MIN(idx), MAX(idx) FROM merkle_nodes WHERE level = {level}"
+            ).one()
+            if tuple(placed) != (count, 0, count - 1):
+                self._name_bad_node(level, hashes)
+            view = memoryview(hashes)
+            done = 0
+            with _OrderedRows(
+                self.conn, f"SELECT hash FROM merkle_nodes WHERE level = {level} ORDER BY idx"
+            ) as rows:
+                for batch in rows.batches():
+                    stored = list(map(_first, batch))
+                    stop = done + len(stored)
+                    if (
+                        set(map(len, stored)) != {size}
+                        or b"".join(stored) != view[done * size : stop * size]
+                    ):
+                        self._name_bad_node(level, hashes)
+                    done = stop
+        for level, index in self.conn.exec_driver_sql(
+            f"SELECT level, idx FROM merkle_nodes WHERE level >= {len(levels)} OR level < 0 LIMIT 1"
+        ):
+            raise VerificationError(
+                "is missing or extra: the stored tree does not match the entries",
+                subject=f"merkle node {level}/{index}",
+            )
+
+    def _name_bad_node(self, level: int, hashes: bytearray) -> None:
+        """Raise for the first stored node of `level` that is out of place or wrong."""
+        size = merkle.HASH_SIZE
+        count = len(hashes) // size
+        expected_index = 0
+        with _OrderedRows(
+            self.conn, f"SELECT idx, hash FROM merkle_nodes WHERE level = {level} ORDER BY idx"
+        ) as rows:
+            for batch in rows.batches():
+                for index, stored in batch:
+                    where = f"merkle node {level}/{index}"
+                    if index != expected_index or index >= count:
+                        raise VerificationError(
+                            "is missing or extra: the stored tree does not match the entries",
+                            subject=where,
+                        )
+                    if stored != hashes[index * size : (index + 1) * size]:
+                        first, last = index << level, ((index + 1) << level) - 1
+                        raise VerificationError(
+                            "does not match the entries it covers: entry bytes or tree nodes "
+                            f"were changed in entries {first}..{last}",
+                            subject=where,
+                        )
+                    expected_index += 1
+        raise VerificationError("is missing", subject=f"merkle node {level}/{expected_index}")
 
     # 5. subjects ---------------------------------------------------------------------------
 
     def _check_subjects(self) -> int:
-        count = 0
-        rows = self.session.execute(
-            select(
-                col(SubjectMapping.subject_id),
-                col(SubjectMapping.ref),
-                col(SubjectMapping.salt),
-                col(LogEntryRow.seq),
-                col(LogEntryRow.canonical),
+        # Storage order is one sequential read (ref order costs a random read
+        # per row); only a problem found takes a second pass, in ref order, so
+        # that the first bad subject is the one named.
+        count, problem = self._check_mappings("SELECT subject_id, ref, salt FROM subjects")
+        if problem is not None:
+            _, problem = self._check_mappings(
+                "SELECT subject_id, ref, salt FROM subjects ORDER BY ref"
             )
-            .outerjoin(
-                LogEntryRow,
-                (col(LogEntryRow.subject) == col(SubjectMapping.ref))
-                & (col(LogEntryRow.kind) == "subject.registered"),
-            )
-            .order_by(col(SubjectMapping.ref))
-            .execution_options(yield_per=CHUNK)
-        )
-        for subject_id, ref, salt, seq, canonical in rows:
-            where = f"subject {ref}"
-            if canonical is None:
-                raise VerificationError("has no subject.registered entry", subject=where)
-            registered = LogEntry.from_canonical(seq, canonical).data
-            if commitment(salt, subject_id) != registered.get("commitment"):
-                raise VerificationError(
-                    f"mapping row does not open the commitment in entry {seq}: "
-                    "the subject id or salt was changed",
-                    subject=where,
-                )
-            count += 1
-        for ref, seq in self.conn.execute(
-            select(col(SubjectMapping.ref), col(LogEntryRow.seq))
-            .join(LogEntryRow, col(LogEntryRow.subject) == col(SubjectMapping.ref))
-            .where(col(LogEntryRow.kind) == "subject.erased")
-            .limit(1)
-        ):
-            raise VerificationError(
-                f"has a mapping row although entry {seq} erased it: the link to the person "
-                "was restored",
-                subject=f"subject {ref}",
-            )
-        for seq, kind in self.conn.execute(
-            select(col(ErasedSubject.seq), col(LogEntryRow.kind)).outerjoin(
-                LogEntryRow,
-                col(LogEntryRow.seq) == col(ErasedSubject.seq),
-            )
-        ):
-            if kind != "subject.erased":
+            assert problem is not None
+            raise problem
+        if self.repeat_registrations:
+            self._check_repeat_registrations()
+        recorded = set()
+        for (seq,) in self.conn.exec_driver_sql("SELECT seq FROM erased_subjects ORDER BY seq"):
+            if seq not in self.erasures:
                 raise VerificationError(
                     "an erasure record points at an entry that is not subject.erased",
                     subject=f"entry {seq}",
                 )
-        recorded = {seq for (seq,) in self.conn.execute(select(col(ErasedSubject.seq)))}
-        missing = sorted(self.erasures - recorded)
+            recorded.add(seq)
+        missing = sorted(set(self.erasures) - recorded)
         if missing:
             raise VerificationError(
                 "has no erasure record: the erased id would no longer answer `erased`",
@@ -471,9 +546,61 @@ class _Verifier:
             )
         return count
 
+    def _check_mappings(self, sql: str) -> tuple[int, VerificationError | None]:
+        """Check the mapping rows `sql` reads: how many, and the first problem (if any)."""
+        count = 0
+        erased = {ref: seq for seq, ref in self.erasures.items()}
+        with _OrderedRows(self.conn, sql) as rows:
+            for batch in rows.batches():
+                for subject_id, ref, salt in batch:
+                    where = f"subject {ref}"
+                    promised = self.commitments.get(ref)
+                    if promised is None:
+                        return count, VerificationError(
+                            "has no subject.registered entry", subject=where
+                        )
+                    if commitment(bytes(salt), subject_id) != promised:
+                        return count, VerificationError(
+                            "mapping row does not open the commitment in entry "
+                            f"{self._registration_seq(ref)}: the subject id or salt was changed",
+                            subject=where,
+                        )
+                    if ref in erased:
+                        return count, VerificationError(
+                            f"has a mapping row although entry {erased[ref]} erased it: the "
+                            "link to the person was restored",
+                            subject=where,
+                        )
+                    count += 1
+        return count, None
+
+    def _check_repeat_registrations(self) -> None:
+        # Rare: a ref registered twice. Its mapping row must open both commitments.
+        for seq, ref, promised in self.repeat_registrations:
+            placeholder = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
+            for subject_id, salt in self.conn.exec_driver_sql(
+                f"SELECT subject_id, salt FROM subjects WHERE ref = {placeholder}", (ref,)
+            ):
+                if commitment(bytes(salt), subject_id) != promised:
+                    raise VerificationError(
+                        f"mapping row does not open the commitment in entry {seq}: the "
+                        "subject id or salt was changed",
+                        subject=f"subject {ref}",
+                    )
+
+    def _registration_seq(self, ref: str) -> int:
+        placeholder = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
+        seq: int = self.conn.exec_driver_sql(
+            "SELECT MIN(seq) FROM log_entries WHERE kind = 'subject.registered' "
+            f"AND subject = {placeholder}",
+            (ref,),
+        ).scalar_one()
+        return seq
+
     # 6. head -------------------------------------------------------------------------------
 
-    def _check_head(self, state: LedgerState, size: int) -> None:
+    def _check_head(self, state: LedgerState) -> None:
+        size = self.size
         if state.origin != self.origin:
             raise VerificationError(
                 f"ledger state names origin {state.origin!r}, the log {self.origin!r}",
@@ -490,11 +617,11 @@ class _Verifier:
                 f"the log announced is {self.latest_key!r}",
                 subject="ledger",
             )
-        if size and self._previous_checkpoint_size != size:
+        if size and self.previous_checkpoint_size != size:
             raise VerificationError(
-                f"entries {self._previous_checkpoint_size}..{size - 1} are not covered by any "
+                f"entries {self.previous_checkpoint_size}..{size - 1} are not covered by any "
                 "checkpoint",
-                subject=f"entry {self._previous_checkpoint_size}",
+                subject=f"entry {self.previous_checkpoint_size}",
             )
         if self.trusted_key is not None and str(self.trusted_key) not in self.every_key:
             raise VerificationError(
@@ -520,17 +647,82 @@ class _Verifier:
             raise VerificationError(
                 f"is not signed by any key of this log: {exc}", subject=where
             ) from exc
-        if checkpoint.size > self.tree.size:
+        if checkpoint.size > self.size:
             raise VerificationError(
-                f"covers {checkpoint.size} entries but the log now holds {self.tree.size}: "
+                f"covers {checkpoint.size} entries but the log now holds {self.size}: "
                 "the log was rolled back or truncated",
                 subject=where,
             )
-        if self.roots_wanted.get(checkpoint.size) != checkpoint.root:
+        if self._root(checkpoint.size) != checkpoint.root:
             raise VerificationError(
                 "its root differs from the log's at that size: the log forked or was rewritten",
                 subject=where,
             )
+
+
+class _OrderedRows:
+    """The rows of one ordered query as plain tuples, a batch at a time.
+
+    A server-side cursor on PostgreSQL, so a million-row table is never held
+    at once; SQLite's cursors step through the result anyway. `below(end)`
+    hands out the rows whose key (column `key_at`) is below `end`, which
+    lets a table be read in step with the log's chunks.
+    """
+
+    def __init__(self, conn: Connection, sql: str, *, key_at: int = 0) -> None:
+        dbapi: Any = conn.connection.dbapi_connection
+        if conn.dialect.name == "postgresql":
+            _OrderedRows._opened += 1
+            # Binary results: bytea arrives as bytes, not hex text to decode.
+            self._cursor = dbapi.cursor(name=f"verify_{_OrderedRows._opened}", binary=True)
+        else:
+            self._cursor = dbapi.cursor()
+        self._cursor.execute(sql)
+        self.key_at = key_at
+        self._buffer: list[tuple[Any, ...]] = []
+        self._done = False
+
+    _opened = 0
+
+    def __enter__(self) -> _OrderedRows:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._cursor.close()
+
+    def _fetch(self) -> list[tuple[Any, ...]]:
+        if self._done:
+            return []
+        batch: list[tuple[Any, ...]] = self._cursor.fetchmany(CHUNK)
+        if len(batch) < CHUNK:
+            self._done = True
+        return batch
+
+    def batches(self) -> Iterator[list[tuple[Any, ...]]]:
+        if self._buffer:
+            yield self._buffer
+            self._buffer = []
+        while batch := self._fetch():
+            yield batch
+
+    def below(self, end: int | None) -> list[tuple[Any, ...]]:
+        """The next rows whose key is below `end` (None: all the rows left)."""
+        key_at = self.key_at
+        taken: list[tuple[Any, ...]] = []
+        while True:
+            if not self._buffer:
+                self._buffer = self._fetch()
+                if not self._buffer:
+                    return taken
+            buffer = self._buffer
+            if end is None or buffer[-1][key_at] < end:
+                taken += buffer
+                self._buffer = []
+                continue
+            cut = bisect_left(buffer, end, key=itemgetter(key_at))
+            taken += buffer[:cut]
+            self._buffer = buffer[cut:]
+            return taken
 
 
 _PROJECTION_COLUMNS = {
@@ -551,17 +743,44 @@ _PROJECTION_COLUMNS = {
 }
 
 
-def _described(columns: tuple[str, ...], row: tuple[Any, ...] | None) -> str:
-    return "nothing" if row is None else repr(dict(zip(columns, row, strict=True)))
+def _name_difference(
+    table: str, seq_at: int, expected: list[tuple[Any, ...]], actual: list[tuple[Any, ...]]
+) -> None:
+    """Raise for the first entry whose rows differ between the replay and the table."""
+    columns = _PROJECTION_COLUMNS[table]
+    replayed: dict[int, list[tuple[Any, ...]]] = {}
+    stored: dict[int, list[tuple[Any, ...]]] = {}
+    for rows, by_seq in ((expected, replayed), (actual, stored)):
+        for row in rows:
+            by_seq.setdefault(row[seq_at], []).append(row)
+    for seq in sorted(set(replayed) | set(stored)):
+        if replayed.get(seq) != stored.get(seq):
+            raise VerificationError(
+                f"{table} row for entry {seq} differs from a replay of the log: "
+                f"stored {_described(columns, stored.get(seq))}, replay gives "
+                f"{_described(columns, replayed.get(seq))}",
+                subject=f"entry {seq}",
+            )
+    raise AssertionError("rows differ but no entry's rows do")  # pragma: no cover
 
 
-def _next_level(hashes: bytes) -> bytes:
-    size = merkle.HASH_SIZE
-    pairs = len(hashes) // (2 * size)
-    out = bytearray()
-    prefix = b"\x01"
+def _described(columns: tuple[str, ...], rows: list[tuple[Any, ...]] | None) -> str:
+    if not rows:
+        return "nothing"
+    return " and ".join(repr(dict(zip(columns, row, strict=True))) for row in rows)
+
+
+_first = itemgetter(0)
+
+
+def _pair_hashes(below: bytearray, start: int, stop: int) -> bytes:
+    """The parents of node pairs start..stop-1 of one level (RFC 9162 interior nodes)."""
     sha256 = hashlib.sha256
-    for pair in range(pairs):
-        offset = pair * 2 * size
-        out += sha256(prefix + hashes[offset : offset + 2 * size]).digest()
-    return bytes(out)
+    width = 2 * merkle.HASH_SIZE
+    pairs = memoryview(below)  # slices without copies
+    return b"".join(
+        [
+            sha256(b"\x01" + pairs[offset : offset + width]).digest()
+            for offset in range(start * width, stop * width, width)
+        ]
+    )

@@ -17,10 +17,13 @@ from sqlalchemy import Engine, select, text
 
 from ledger import merkle
 from ledger.consents import DecisionRequest
+from ledger.db import write_session
 from ledger.errors import VerificationError
 from ledger.keys import SigningKey
+from ledger.log import LogWriter
 from ledger.notes import Checkpoint, b64, sign_checkpoint
 from ledger.policy import Policy, default_policy
+from ledger.projection import Projector
 from ledger.schema import APPEND_ONLY_TABLES, CheckpointRow, LogEntryRow
 from ledger.service import ConsentLedger
 from ledger.verify import verify_ledger
@@ -314,10 +317,20 @@ def test_a_changed_decision_in_the_bytes_is_named_by_its_entry(history: History)
             r"^merkle node 0/1000: is missing or extra",
             id="node-added",
         ),
+        pytest.param(
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (40, 0, :forged)",
+            r"^merkle node 40/0: is missing or extra",
+            id="node-added-above-the-root",
+        ),
+        pytest.param(
+            "UPDATE merkle_nodes SET hash = :short WHERE level = 1 AND idx = 0",
+            r"^merkle node 1/0: does not match the entries it covers",
+            id="node-truncated",
+        ),
     ],
 )
 def test_tampered_merkle_nodes_are_named(history: History, sql: str, message: str) -> None:
-    tamper(history.engine, sql, {"forged": b"\x42" * 32})
+    tamper(history.engine, sql, {"forged": b"\x42" * 32, "short": b"\x42" * 31})
 
     with pytest.raises(VerificationError, match=message):
         verify_ledger(history.engine)
@@ -333,6 +346,20 @@ def test_a_deleted_entry_is_named(history: History) -> None:
     with pytest.raises(
         VerificationError,
         match=f"^entry {target}: is missing \\(the next stored entry is {target + 1}\\)",
+    ):
+        verify_ledger(history.engine)
+
+
+def test_an_entry_stored_before_the_start_of_the_log_is_named(history: History) -> None:
+    tamper(
+        history.engine,
+        "INSERT INTO log_entries (seq, kind, subject, canonical) VALUES (-1, 'key.added', NULL, "
+        ":canonical)",
+        {"canonical": canonical_of(history.engine, 0)},
+    )
+
+    with pytest.raises(
+        VerificationError, match="^entry -1: is stored before the first entry of the log"
     ):
         verify_ledger(history.engine)
 
@@ -430,6 +457,21 @@ def test_truncation_is_caught_by_a_checkpoint_saved_elsewhere(history: History) 
         rf"now holds {kept}: the log was rolled back or truncated",
     ):
         verify_ledger(history.engine, external_checkpoints=[saved])
+
+
+def test_a_projection_row_before_the_start_of_the_log_fails(history: History) -> None:
+    tamper(
+        history.engine,
+        "INSERT INTO subject_versions (ref, seq, jurisdiction, minor, erased) "
+        "VALUES (:ref, -3, 'US', false, false)",
+        {"ref": history.refs["alice"]},
+    )
+
+    with pytest.raises(
+        VerificationError,
+        match="^entry -3: subject_versions has a row for entry -3, which the log does not hold",
+    ):
+        verify_ledger(history.engine)
 
 
 @pytest.mark.parametrize("table", ["consent_decisions", "subject_versions"])
@@ -669,6 +711,25 @@ def test_a_changed_subject_mapping_is_named(history: History, sql: str, message:
     expected = message.format(seq=history.seq["alice_registered"])
     with pytest.raises(VerificationError, match=f"^subject {ref}: {re.escape(expected)}"):
         verify_ledger(history.engine)
+
+
+def test_a_second_registration_of_a_reference_must_be_opened_too(history: History) -> None:
+    # Only the signing key's holder (or a bug) could append it: the mapping row
+    # must open every registration of its reference, not just the first.
+    ledger, ref = history.ledger, history.refs["alice"]
+    with write_session(ledger.engine) as session:
+        writer = LogWriter.open(session, actor=ACTOR)
+        forged = writer.append(
+            "subject.registered",
+            {"subject": ref, "commitment": b64(b"\x00" * 32), "jurisdiction": "US", "minor": False},
+        )
+        writer.seal([ledger.signing_key()], Projector().project)
+
+    with pytest.raises(
+        VerificationError,
+        match=f"^subject {ref}: mapping row does not open the commitment in entry {forged.seq}",
+    ):
+        verify_ledger(ledger.engine)
 
 
 def test_a_mapping_to_an_unknown_reference_is_named(history: History) -> None:

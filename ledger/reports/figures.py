@@ -7,10 +7,8 @@ very same code and compares: a figure that the evidence does not support fails.
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,22 +30,6 @@ DPV_STATUS = {
 # Timeline granularity: (unit, length of the timestamp prefix that names a bucket).
 _UNITS = (("minute", 16), ("hour", 13), ("day", 10), ("month", 7), ("year", 4))
 MAX_BUCKETS = 60
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause the cyclic collector while millions of long-lived objects are made.
-
-    They all live until the report is done, so every collection in between
-    would rescan them for nothing (it doubled the time of a 1M-entry report).
-    """
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def rate(part: int, whole: int) -> str | None:

@@ -46,10 +46,11 @@ from ledger.db import make_engine, read_session
 from ledger.eligibility import Decision
 from ledger.errors import InvalidInput, LedgerError, NotFound
 from ledger.evidence import EvidenceBundle, EvidenceEntry
+from ledger.gcpause import no_gc
 from ledger.log import DbNodeReader, LogEntry
 from ledger.notes import b64
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
-from ledger.reports.figures import PeriodFigures, PolicyTimeline, no_gc
+from ledger.reports.figures import PeriodFigures, PolicyTimeline
 from ledger.reports.subject import verifier_key_before
 from ledger.schema import CheckpointRow, ConsentDecision, LogEntryRow, SubjectVersion
 from ledger.service import ConsentLedger

@@ -20,10 +20,11 @@ from ledger import merkle
 from ledger.canonical import canonical_bytes
 from ledger.errors import InvalidInput, VerificationError
 from ledger.evidence import EvidenceBundle, verify_bundle
+from ledger.gcpause import no_gc
 from ledger.log import SUBJECT_KINDS
 from ledger.notes import Checkpoint, VerifierKey, b64, open_checkpoint, unb64
 from ledger.reports.envelope import LoadedReport, check_rendering, check_signature
-from ledger.reports.figures import PeriodFigures, PolicyTimeline, no_gc
+from ledger.reports.figures import PeriodFigures, PolicyTimeline
 from ledger.reports.subject import build_subject_content
 from ledger.subjects import commitment
 
