@@ -448,6 +448,44 @@ def p7_filter(ctx: Context) -> list[Result]:
     ]
 
 
+# --- R1: the period report (issue #5) -----------------------------------------------------
+
+
+@measurement("R1", "period report over the bulk log, with the full verify")
+def r1_period_report(ctx: Context) -> list[Result]:
+    """Figure: wall time of `consent-ledger report period --format json` over the whole
+    bulk log, which runs the full verify beside its scan. Baseline: the same report with
+    `--no-verify`. Target (issue #5): under a minute at 1,000,000 entries."""
+    bulk = ctx.bulk_ledger()
+    entries = bulk.ledger.tree_size()
+    out = ctx.tmp / "period.json"
+
+    def report(*extra: str) -> float:
+        command = ["report", "period", "--format", "json", "-o", str(out), *extra]
+        run = ctx.run_child([ctx.console_script(), *command], env=bulk.env)
+        if run.returncode != 0:
+            raise RuntimeError(f"report period failed ({run.returncode}): {run.stderr[-2000:]}")
+        return run.seconds
+
+    seconds = report()
+    size_mb = out.stat().st_size / 2**20
+    scan = report("--no-verify")
+    out.unlink(missing_ok=True)
+    return [
+        Result(
+            key="R1",
+            what=f"`consent-ledger report period` over {entries:,} entries, with the full verify",
+            unit="s",
+            figure=seconds,
+            baseline=scan,
+            baseline_what="the same report with --no-verify (the window's scan alone)",
+            target=Target(maximum=60, text="< 60 s (issue #5)"),
+            runs="1 run each (CLI wall time, start-up included)",
+            note=f"report {size_mb:,.0f} MB of JSON, signed, with every entry's canonical bytes",
+        )
+    ]
+
+
 # --- P4 over HTTP (after P5/P6: runs last, on its own ledger and server) --------------------
 
 
