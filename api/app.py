@@ -152,10 +152,12 @@ def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = 
     )
 
     problems.install(app)
+    # Routes are matched in order: the eligibility checks, by far the most
+    # frequent requests, come first.
     for router in (
+        eligibility.router,
         health.router,
         subjects.router,
-        eligibility.router,
         log.router,
         tlog.router,
         policy.router,

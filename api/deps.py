@@ -8,6 +8,9 @@ cached) goes to the thread pool explicitly.
 
 from __future__ import annotations
 
+import asyncio
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -19,7 +22,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 
 from ledger.clients import UNKNOWN, Client, local_revocations
-from ledger.service import ConsentLedger, LogHead
+from ledger.service import HEAD_STALE_LIMIT, ConsentLedger, LogHead
 
 _bearer = HTTPBearer(
     auto_error=False, description="An API key from `consent-ledger clients create`"
@@ -34,14 +37,38 @@ async def get_ledger(request: Request) -> ConsentLedger:
 LedgerDep = Annotated[ConsentLedger, Depends(get_ledger)]
 
 
+# The head reads in flight, one per ledger (PostgreSQL: see `HEAD_STALE_LIMIT`).
+_head_reads: weakref.WeakKeyDictionary[ConsentLedger, asyncio.Future[LogHead]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def get_head(ledger: LedgerDep) -> LogHead:
-    """The log head: one cheap read (or none) per request, shared by the key check
-    and the route; connecting (the first time, or after an error) is done in the
-    thread pool."""
-    head = ledger.head_nowait()
-    if head is None:
-        head = await run_in_threadpool(ledger.head)
-    return head
+    """The log head, shared by the key check and the route of one request.
+
+    SQLite: one in-process read per request. PostgreSQL: a round trip, so
+    never on the event loop — once the head is `HEAD_MAX_AGE` old one read
+    runs in the thread pool while requests go on with the last head, unless it
+    is older than `HEAD_STALE_LIMIT`: then they wait for the read.
+    """
+    if ledger.head_read_is_local:
+        head = ledger.head_nowait()
+        if head is None:  # connecting (the first time, or after an error)
+            head = await run_in_threadpool(ledger.head)
+        return head
+    last = ledger.last_head()
+    if last is not None and ledger.is_fresh(last):
+        return last
+    loop = asyncio.get_running_loop()
+    read = _head_reads.get(ledger)
+    if read is None or read.done() or read.get_loop() is not loop:
+        read = asyncio.ensure_future(run_in_threadpool(ledger.head, max_age=0.0))
+        # Retrieved here so that a failed read nobody waited for is not logged as lost.
+        read.add_done_callback(lambda done: done.cancelled() or done.exception())
+        _head_reads[ledger] = read
+    if last is not None and time.monotonic() - last.read_at <= HEAD_STALE_LIMIT:
+        return last
+    return await asyncio.shield(read)
 
 
 HeadDep = Annotated[LogHead, Depends(get_head)]

@@ -17,6 +17,7 @@ import itertools
 import re
 import secrets
 import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
@@ -160,10 +161,16 @@ class _Unknown:
 UNKNOWN: Final = _Unknown()
 
 
+# However the clients table changes, a cached key is checked again after this
+# long (the generation misses only a deletion plus a creation between two reads).
+KEY_MAX_AGE = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class _CachedKey:
     key_hash: bytes
     client: Client
+    cached_at: float  # time.monotonic()
 
 
 class KeyCache:
@@ -193,7 +200,7 @@ class KeyCache:
                 self._generation = generation
                 return UNKNOWN
             cached = self._by_id.get(match.group(1))
-        if cached is None:
+        if cached is None or time.monotonic() - cached.cached_at > KEY_MAX_AGE:
             return UNKNOWN
         # The key id matched: the key is this client's only if the whole key does.
         if not hmac.compare_digest(_hash(key), cached.key_hash):
@@ -214,5 +221,5 @@ class KeyCache:
             if generation == self._generation:
                 if len(self._by_id) >= self._max:
                     self._by_id.clear()
-                self._by_id[match.group(1)] = _CachedKey(_hash(key), client)
+                self._by_id[match.group(1)] = _CachedKey(_hash(key), client, time.monotonic())
         return client

@@ -82,9 +82,12 @@ ERASURE_SECRET = "erasure"
 # SQL parameter lists are chunked to stay far below every driver's limit.
 _IN_CHUNK = 900
 # How old the log head a check is answered at may be, per engine (see `LogHead`):
-# SQLite reads it in-process in ~6 µs, so every request reads it afresh; on
-# PostgreSQL it is a network round trip that would hold up the event loop.
+# SQLite reads it in-process in ~6 µs, so every request reads it afresh. On
+# PostgreSQL it is a network round trip that must not hold up an event loop:
+# the API re-reads it in the background once it is HEAD_MAX_AGE old, answering
+# at the last head meanwhile, and waits for the read only past HEAD_STALE_LIMIT.
 HEAD_MAX_AGE = {"sqlite": 0.0, "postgresql": 0.005}
+HEAD_STALE_LIMIT = 0.1
 # The log head and the API clients' generation, in one round trip.
 _HEAD_SQL = (
     "SELECT (SELECT tree_size FROM ledger_state WHERE id = 1),"
@@ -142,9 +145,9 @@ class LogHead(NamedTuple):
     `clients` changes whenever a client is created or revoked (rows, revoked rows),
     so a cache of authenticated keys keyed by it drops revoked keys. Checks that
     do not name `as_of` are answered at `tree_size`, which is at most
-    `HEAD_MAX_AGE` seconds old — except after a write by this process, which
-    moves it at once; a caller that needs its own write reflected passes the
-    write's token as `at_least_as_fresh`.
+    `HEAD_MAX_AGE` seconds old (the API: `HEAD_STALE_LIMIT`) — except after a
+    write by this process, which moves it at once; a caller that needs its own
+    write reflected passes the write's token as `at_least_as_fresh`.
     """
 
     tree_size: int
@@ -214,6 +217,8 @@ class ConsentLedger:
         self._contexts: dict[int, _SizeContext] = {}
         self._head: LogHead | None = None
         self._head_max_age = HEAD_MAX_AGE.get(self.engine.dialect.name, 0.0)
+        # Whether reading the head is cheap enough for an event loop (in-process SQLite).
+        self.head_read_is_local = self.engine.dialect.name == "sqlite"
         self._head_lock = threading.Lock()
         self._head_connection: Any = None
 
@@ -243,6 +248,13 @@ class ConsentLedger:
                 head = self._new_head(size, rows, revoked, started)
         return head
 
+    def last_head(self) -> LogHead | None:
+        """The head as last read (or moved by a write here), however old; no I/O."""
+        return self._head
+
+    def is_fresh(self, head: LogHead) -> bool:
+        return time.monotonic() - head.read_at <= self._head_max_age
+
     def head_nowait(self, *, max_age: float | None = None) -> LogHead | None:
         """The head from memory, or re-read on the open head connection; None if neither.
 
@@ -252,7 +264,10 @@ class ConsentLedger:
         limit = self._head_max_age if max_age is None else max_age
         if head is not None and time.monotonic() - head.read_at <= limit:
             return head
-        with self._head_lock:
+        # Never wait for the lock either: its holder may be connecting.
+        if not self._head_lock.acquire(blocking=False):
+            return None
+        try:
             if self._head_connection is None:
                 return None
             started = time.monotonic()
@@ -262,6 +277,8 @@ class ConsentLedger:
                 self._drop_head_connection()
                 return None
             return self._new_head(size, rows, revoked, started)
+        finally:
+            self._head_lock.release()
 
     def _new_head(self, size: int, rows: int, revoked: int, started: float) -> LogHead:
         # The tree size never goes back, even if a commit here was noted before the read.
@@ -703,7 +720,7 @@ class ConsentLedger:
         wanted = as_of if as_of is not None else at_least_as_fresh
         if isinstance(wanted, int) and wanted > size:
             # Perhaps only our view is behind: one fresh read, else the full path.
-            fresh = self.head_nowait(max_age=0.0)
+            fresh = self.head_nowait(max_age=0.0) if self.head_read_is_local else None
             if fresh is None:
                 return None
             size = fresh.tree_size
