@@ -1114,7 +1114,7 @@ def _parse_checks(
             try:
                 subject_id = validate_subject_id(subject_id, field="subject_id")
             except InvalidInput as exc:
-                parsed.append(exc)
+                parsed.append(_kept(exc))
                 continue
         if type(category) is not str:
             parsed.append(InvalidInput("must be a string", field="category"))
@@ -1146,7 +1146,14 @@ def _checked(check: Callable[..., str], name: str, field: str) -> str | InvalidI
     try:
         return check(name, field=field)
     except InvalidInput as exc:
-        return exc
+        return _kept(exc)
+
+
+def _kept(exc: InvalidInput) -> InvalidInput:
+    # An error kept as a result must not keep its traceback: that would hold the
+    # parsing frame, and with it the whole batch, in a cycle only the cyclic GC
+    # frees — a stream's memory grew by ~40 KB per 2,000-line chunk until it ran.
+    return exc.with_traceback(None)
 
 
 def _chunks(items: list[Any]) -> Iterable[list[Any]]:
