@@ -6,13 +6,13 @@ Routes are thin: each validates its input and calls one `ConsentLedger` method.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
@@ -77,6 +77,48 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class Metrics:
+    """Counts and times every request by route and status.
+
+    Plain ASGI rather than `BaseHTTPMiddleware`, which would add a task and a
+    body stream to every request.
+    """
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+        # `labels()` takes a lock and builds a key on every call: keep each child.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            path = getattr(scope.get("route"), "path_format", "unmatched")
+            key = (scope["method"], path, status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self.latency.labels(key[0], path),
+                    self.requests.labels(key[0], path, str(status)),
+                )
+            children[0].observe(time.perf_counter() - started)
+            children[1].inc()
+
+
 def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = None) -> FastAPI:
     settings = settings or (ledger.settings if ledger else Settings())
 
@@ -109,29 +151,20 @@ def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = 
         registry=registry,
     )
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path_format", "unmatched")
-        latency.labels(request.method, path).observe(time.perf_counter() - started)
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
     problems.install(app)
+    # Routes are matched in order: the eligibility checks, by far the most
+    # frequent requests, come first.
     for router in (
+        eligibility.router,
         health.router,
         subjects.router,
-        eligibility.router,
         log.router,
         tlog.router,
         policy.router,
         reports.router,
     ):
         app.include_router(router)
+    app.add_middleware(Metrics, requests=requests, latency=latency)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 

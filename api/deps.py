@@ -1,27 +1,77 @@
-"""Dependencies shared by the routes: the ledger, the calling client and its scopes."""
+"""Dependencies shared by the routes: the ledger, the log head, the calling client.
+
+All of them are `async def` and answer from memory when they can: FastAPI runs
+a plain `def` dependency in its thread pool, and on the check path those hops
+cost more than the check itself. What must read the database (a key not yet
+cached) goes to the thread pool explicitly.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import BaseModel, ValidationError
 
-from ledger.clients import Client, authenticate
-from ledger.service import ConsentLedger
+from ledger.clients import UNKNOWN, Client, local_revocations
+from ledger.service import HEAD_STALE_LIMIT, ConsentLedger, LogHead
 
 _bearer = HTTPBearer(
     auto_error=False, description="An API key from `consent-ledger clients create`"
 )
 
 
-def get_ledger(request: Request) -> ConsentLedger:
+async def get_ledger(request: Request) -> ConsentLedger:
     ledger: ConsentLedger = request.app.state.ledger
     return ledger
 
 
 LedgerDep = Annotated[ConsentLedger, Depends(get_ledger)]
+
+
+# The head reads in flight, one per ledger (PostgreSQL: see `HEAD_STALE_LIMIT`).
+_head_reads: weakref.WeakKeyDictionary[ConsentLedger, asyncio.Future[LogHead]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def get_head(ledger: LedgerDep) -> LogHead:
+    """The log head, shared by the key check and the route of one request.
+
+    SQLite: one in-process read per request. PostgreSQL: a round trip, so
+    never on the event loop — once the head is `HEAD_MAX_AGE` old one read
+    runs in the thread pool while requests go on with the last head, unless it
+    is older than `HEAD_STALE_LIMIT`: then they wait for the read.
+    """
+    if ledger.head_read_is_local:
+        head = ledger.head_nowait()
+        if head is None:  # connecting (the first time, or after an error)
+            head = await run_in_threadpool(ledger.head)
+        return head
+    last = ledger.last_head()
+    if last is not None and ledger.is_fresh(last):
+        return last
+    loop = asyncio.get_running_loop()
+    read = _head_reads.get(ledger)
+    if read is None or read.done() or read.get_loop() is not loop:
+        read = asyncio.ensure_future(run_in_threadpool(ledger.head, max_age=0.0))
+        # Retrieved here so that a failed read nobody waited for is not logged as lost.
+        read.add_done_callback(lambda done: done.cancelled() or done.exception())
+        _head_reads[ledger] = read
+    if last is not None and time.monotonic() - last.read_at <= HEAD_STALE_LIMIT:
+        return last
+    return await asyncio.shield(read)
+
+
+HeadDep = Annotated[LogHead, Depends(get_head)]
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -31,22 +81,43 @@ def _unauthorized(detail: str) -> HTTPException:
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def authorize(ledger: ConsentLedger, credentials: Credentials, scope: str) -> Client:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+# What a route that declares no dependencies puts in its OpenAPI operation.
+BEARER_SECURITY = [{"HTTPBearer": []}]
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of an `Authorization: Bearer` header, as `HTTPBearer(auto_error=False)` reads it."""
+    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+    if not key or scheme.lower() != "bearer":
+        return None
+    return key
+
+
+async def authorize(ledger: ConsentLedger, head: LogHead, key: str | None, scope: str) -> Client:
+    """The client holding `key` if it has `scope`; else 401 or 403."""
+    if key is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    client = authenticate(ledger.engine, credentials.credentials)
-    if client is None:
+    # A revocation anywhere changes the clients' generation, read with the head:
+    # another process's takes effect within HEAD_MAX_AGE, this process's at once.
+    generation = (head.clients, local_revocations())
+    client = ledger.api_keys.lookup(key, generation)
+    if client is UNKNOWN:
+        client = await run_in_threadpool(
+            ledger.api_keys.authenticate, ledger.engine, key, generation
+        )
+    if not isinstance(client, Client):
         raise _unauthorized("invalid or revoked API key")
     if scope not in client.scopes:
         raise HTTPException(403, f"this key lacks the `{scope}` scope")
     return client
 
 
-def require(scope: str) -> Callable[..., Client]:
+def require(scope: str) -> Callable[..., Awaitable[Client]]:
     """A dependency that admits only clients holding `scope`."""
 
-    def dependency(ledger: LedgerDep, credentials: Credentials) -> Client:
-        return authorize(ledger, credentials, scope)
+    async def dependency(ledger: LedgerDep, head: HeadDep, credentials: Credentials) -> Client:
+        key = credentials.credentials if credentials is not None else None
+        return await authorize(ledger, head, key, scope)
 
     dependency.__name__ = f"require_{scope}"
     return dependency
@@ -57,3 +128,18 @@ RecordClient = Annotated[Client, Depends(require("record"))]
 ReadClient = Annotated[Client, Depends(require("read"))]
 AuditClient = Annotated[Client, Depends(require("audit"))]
 AdminClient = Annotated[Client, Depends(require("admin"))]
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def json_body(request: Request, model: type[Body]) -> Body:
+    """The request's JSON body as `model`, for routes that take no FastAPI parameters.
+
+    Invalid bodies raise the same `RequestValidationError` FastAPI would.
+    """
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None

@@ -3,16 +3,24 @@
 A key looks like `clk_<key id>_<secret>`. The key id (not secret) finds the
 row; the SHA-256 of the whole key is compared in constant time. Keys carry 256
 random bits, so a fast hash is enough: there is nothing to brute-force.
+
+`KeyCache` keeps the clients that authenticated, by key id with the key's hash,
+for one *generation* of the clients table: a revocation or a new client changes
+the generation (the API reads it with the log head), and the cache starts over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import re
 import secrets
+import threading
+import time
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Final, Literal, get_args
 
 from sqlalchemy import Engine, insert, select, update
 from sqlmodel import col
@@ -26,6 +34,10 @@ Scope = Literal["check", "record", "read", "audit", "admin"]
 SCOPES: tuple[str, ...] = get_args(Scope)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY = re.compile(r"^clk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+# Revocations made by this process: a key cache here drops its keys at once,
+# without waiting to see the clients table change.
+_local_revocations = itertools.count()
+_revocations_seen = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,13 @@ def revoke_client(engine: Engine, name: str) -> None:
             .where(col(ApiClient.name) == name)
             .values(revoked=format_timestamp(utc_now()))
         )
+    global _revocations_seen
+    _revocations_seen = next(_local_revocations) + 1
+
+
+def local_revocations() -> int:
+    """How many clients this process has revoked (part of a key cache's generation)."""
+    return _revocations_seen
 
 
 def authenticate(engine: Engine, key: str) -> Client | None:
@@ -133,3 +152,74 @@ def authenticate(engine: Engine, key: str) -> Client | None:
     if not hmac.compare_digest(_hash(key), key_hash) or revoked is not None:
         return None
     return Client(name=name, scopes=frozenset(scopes.split(",")), created=created)
+
+
+class _Unknown:
+    """Not in the cache: ask `authenticate`."""
+
+
+UNKNOWN: Final = _Unknown()
+
+
+# However the clients table changes, a cached key is checked again after this
+# long (the generation misses only a deletion plus a creation between two reads).
+KEY_MAX_AGE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    key_hash: bytes
+    client: Client
+    cached_at: float  # time.monotonic()
+
+
+class KeyCache:
+    """Clients that authenticated, by key id, valid for one generation of the clients table.
+
+    The generation is anything that changes when a client is revoked (the API
+    uses the table's row and revoked-row counts, read with the log head, and
+    `local_revocations()`); when it changes, every cached key is dropped. Only
+    hashes are kept, and a presented key is still hashed and compared in
+    constant time.
+    """
+
+    def __init__(self, max_keys: int = 1024) -> None:
+        self._max = max_keys
+        self._lock = threading.Lock()
+        self._generation: Hashable = None
+        self._by_id: dict[str, _CachedKey] = {}
+
+    def lookup(self, key: str, generation: Hashable) -> Client | None | _Unknown:
+        """The client holding `key`, None for a key that cannot be valid, or `UNKNOWN`."""
+        match = _KEY.match(key)
+        if match is None:
+            return None
+        with self._lock:
+            if generation != self._generation:
+                self._by_id.clear()
+                self._generation = generation
+                return UNKNOWN
+            cached = self._by_id.get(match.group(1))
+        if cached is None or time.monotonic() - cached.cached_at > KEY_MAX_AGE:
+            return UNKNOWN
+        # The key id matched: the key is this client's only if the whole key does.
+        if not hmac.compare_digest(_hash(key), cached.key_hash):
+            return None
+        return cached.client
+
+    def authenticate(self, engine: Engine, key: str, generation: Hashable) -> Client | None:
+        """`authenticate`, remembering an active client for `generation`.
+
+        `generation` must have been read before this call, so that a revocation
+        after the read is seen by the next generation, never cached under this one.
+        """
+        client = authenticate(engine, key)
+        match = _KEY.match(key)
+        if client is None or match is None:
+            return client
+        with self._lock:
+            if generation == self._generation:
+                if len(self._by_id) >= self._max:
+                    self._by_id.clear()
+                self._by_id[match.group(1)] = _CachedKey(_hash(key), client, time.monotonic())
+        return client

@@ -8,10 +8,10 @@ validated the category and purpose against the policy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, NamedTuple, TypeAlias, TypeVar
 
 from ledger.policy import WILDCARD, Policy, ancestors
 
@@ -70,9 +70,12 @@ class SubjectState:
     jurisdiction: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Eligibility:
-    """The answer: `decided_by` is the seq of the deciding decision, if one decided."""
+class Eligibility(NamedTuple):
+    """The answer: `decided_by` is the seq of the deciding decision, if one decided.
+
+    A named tuple rather than a frozen dataclass: batches build one per item, and
+    a frozen dataclass's `__init__` costs several times more.
+    """
 
     eligible: bool
     reason: Reason
@@ -88,6 +91,7 @@ _EXPLICIT_REQUIRED: Final = Eligibility(False, "explicit-consent-required", None
 _DEFAULT_ALLOW: Final = Eligibility(True, "default-allow", None)
 _DEFAULT_DENY: Final = Eligibility(False, "default-deny", None)
 
+_new_tuple = tuple.__new__
 _OUTCOME: Final[dict[DecisionKind, tuple[bool, Reason]]] = {
     "granted": (True, "consent"),
     "denied": (False, "refused"),
@@ -99,6 +103,24 @@ _OUTCOME: Final[dict[DecisionKind, tuple[bool, Reason]]] = {
 def _covering(name: str) -> frozenset[str]:
     # The decision names that speak for `name`: itself, its ancestors and `*`.
     return frozenset((*ancestors(name), WILDCARD))
+
+
+class PairRules(NamedTuple):
+    """What the policy says about a (category, purpose) pair before any subject is known."""
+
+    prohibited: bool
+    special: bool
+    categories: frozenset[str]  # decision categories that speak for the category
+    purposes: frozenset[str]  # likewise for the purpose
+
+
+def pair_rules(policy: Policy, category: str, purpose: str) -> PairRules:
+    return PairRules(
+        policy.is_prohibited(category, purpose),
+        policy.is_special(category),
+        _covering(category),
+        _covering(purpose),
+    )
 
 
 def evaluate_eligibility(
@@ -114,6 +136,87 @@ def evaluate_eligibility(
     `subject` is None for a subject never registered; `at` is a timestamp in
     the log's form.
     """
+    return decide(
+        policy, pair_rules(policy, category, purpose), subject, decisions, category, purpose, at
+    )
+
+
+ItemError = TypeVar("ItemError", bound=Exception)
+
+
+class BatchEvaluator:
+    """`evaluate_eligibility` for many checks under one policy at one time.
+
+    The policy's part of the answer (rules 3 and 6, and which decision names
+    apply) is worked out once per distinct (category, purpose), not per check.
+    """
+
+    __slots__ = ("_at", "_policy", "_rules")
+
+    def __init__(self, policy: Policy, at: str) -> None:
+        self._policy = policy
+        self._at = at
+        self._rules: dict[tuple[str, str], PairRules] = {}
+
+    def evaluate(
+        self,
+        subject: SubjectState | None,
+        decisions: Iterable[Decision],
+        category: str,
+        purpose: str,
+    ) -> Eligibility:
+        rules = self._rules.get((category, purpose))
+        if rules is None:
+            rules = self._rules[category, purpose] = pair_rules(self._policy, category, purpose)
+        return decide(self._policy, rules, subject, decisions, category, purpose, self._at)
+
+    def evaluate_all(
+        self,
+        items: Sequence[tuple[str, str, str] | ItemError],
+        states: Mapping[str, SubjectState],
+        decisions: Mapping[str, Sequence[Decision]],
+    ) -> list[Eligibility | ItemError]:
+        """Answers to (subject_id, category, purpose) items, in order.
+
+        Items that are exceptions (the caller's per-item errors) are passed through.
+        """
+        policy, at, rules_of = self._policy, self._at, self._rules
+        state_of, decisions_of = states.get, decisions.get
+        no_decisions: tuple[Decision, ...] = ()
+        results: list[Eligibility | ItemError] = []
+        append = results.append
+        for item in items:
+            if isinstance(item, Exception):
+                append(item)
+                continue
+            subject_id, category, purpose = item
+            rules = rules_of.get((category, purpose))
+            if rules is None:
+                rules = rules_of[category, purpose] = pair_rules(policy, category, purpose)
+            append(
+                decide(
+                    policy,
+                    rules,
+                    state_of(subject_id),
+                    decisions_of(subject_id, no_decisions),
+                    category,
+                    purpose,
+                    at,
+                )
+            )
+        return results
+
+
+def decide(
+    policy: Policy,
+    rules: PairRules,
+    subject: SubjectState | None,
+    decisions: Iterable[Decision],
+    category: str,
+    purpose: str,
+    at: str,
+) -> Eligibility:
+    """SPEC §3.4 given the pair's `rules` (from `pair_rules(policy, category, purpose)`)."""
     # 1. Never registered.
     if subject is None or not subject.registered:
         return _UNKNOWN_SUBJECT
@@ -121,7 +224,7 @@ def evaluate_eligibility(
     if subject.erased:
         return _ERASED
     # 3. Prohibited whatever the consent.
-    if policy.is_prohibited(category, purpose):
+    if rules.prohibited:
         return _PROHIBITED
     # 4. Minors, unless the policy says otherwise.
     if subject.minor and not policy.minors_eligible:
@@ -129,9 +232,9 @@ def evaluate_eligibility(
 
     # 5. The latest applicable decision by (effective, seq). One pass keeping
     # the maximum: decisions arrive in any order and sorting is wasted work.
-    special = policy.is_special(category)
-    categories = _covering(category)
-    purposes = _covering(purpose)
+    special = rules.special
+    categories = rules.categories
+    purposes = rules.purposes
     latest: Decision | None = None
     for decision in decisions:
         if decision.category not in categories or decision.purpose not in purposes:
@@ -151,8 +254,9 @@ def evaluate_eligibility(
         ):
             latest = decision
     if latest is not None:
-        eligible, reason = _OUTCOME[latest.decision]
-        return Eligibility(eligible, reason, latest.seq)
+        # tuple.__new__ skips the named tuple's Python-level __new__: this line
+        # runs once per decided check in a batch.
+        return _new_tuple(Eligibility, (*_OUTCOME[latest.decision], latest.seq))
 
     # 6. Special categories are opt-in, explicitly, everywhere.
     if special:

@@ -75,6 +75,8 @@ class ErasedSubject(SQLModel, table=True):
 
 class SubjectVersion(SQLModel, table=True):
     __tablename__ = "subject_versions"
+    # The subject cache reads the versions appended since it last looked, by seq.
+    __table_args__ = (Index("ix_subject_versions_seq", "seq"),)
 
     ref: str = Field(sa_column=Column(String(64), primary_key=True))
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))

@@ -162,7 +162,8 @@ class SubjectCache:
         if start < 0 or not self._by_id:
             self._size = tree_size
             return
-        for ref, seq, jurisdiction, minor, erased in session.execute(
+        # Both reads first, then the changes: a failed read leaves the cache as it was.
+        versions = session.execute(
             select(
                 col(SubjectVersion.ref),
                 col(SubjectVersion.seq),
@@ -172,7 +173,13 @@ class SubjectCache:
             )
             .where(col(SubjectVersion.seq) >= start, col(SubjectVersion.seq) < tree_size)
             .order_by(col(SubjectVersion.seq))
-        ):
+        ).all()
+        decisions = session.execute(
+            _decision_query()
+            .where(col(ConsentDecision.seq) >= start, col(ConsentDecision.seq) < tree_size)
+            .order_by(col(ConsentDecision.seq))
+        ).all()
+        for ref, seq, jurisdiction, minor, erased in versions:
             subject_id = self._id_of_ref.get(ref)
             if subject_id is None:
                 continue
@@ -181,11 +188,7 @@ class SubjectCache:
             else:
                 self._by_id[subject_id].versions.append(_version(seq, jurisdiction, minor, erased))
                 self._bytes += ROW_COST
-        for row in session.execute(
-            _decision_query()
-            .where(col(ConsentDecision.seq) >= start, col(ConsentDecision.seq) < tree_size)
-            .order_by(col(ConsentDecision.seq))
-        ):
+        for row in decisions:
             subject_id = self._id_of_ref.get(row.ref)
             if subject_id is not None:
                 self._by_id[subject_id].decisions.append(_decision(row))

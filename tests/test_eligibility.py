@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ledger.eligibility import (
     REASONS,
+    BatchEvaluator,
     Decision,
     DecisionKind,
     Eligibility,
@@ -367,3 +368,49 @@ def test_eligibility_does_not_depend_on_decision_order(
     else:
         assert result.decided_by is None
         assert result.reason in {"explicit-consent-required", "default-allow", "default-deny"}
+
+
+@given(
+    subjects=st.lists(
+        st.tuples(st.sampled_from(("US", "DE", None)), st.booleans(), decision_lists()),
+        min_size=1,
+        max_size=4,
+    ),
+    items=st.lists(
+        st.tuples(
+            st.integers(0, 4),
+            st.sampled_from(QUERY_CATEGORIES),
+            st.sampled_from(QUERY_PURPOSES),
+        ),
+        max_size=20,
+    ),
+    at=st.sampled_from(TIMES),
+)
+def test_batch_evaluator_answers_as_evaluate_eligibility(
+    subjects: list[tuple[str | None, bool, list[Decision]]],
+    items: list[tuple[int, str, str]],
+    at: str,
+) -> None:
+    policy = default_policy()
+    # Subject i exists for i < len(subjects); the others were never registered.
+    states = {
+        f"s{i}": subject(jurisdiction, minor=minor)
+        for i, (jurisdiction, minor, _) in enumerate(subjects)
+    }
+    decisions = {f"s{i}": listed for i, (_, _, listed) in enumerate(subjects)}
+    error = ValueError("a bad item")
+    batch: list[tuple[str, str, str] | ValueError] = [
+        (f"s{index}", category, purpose) for index, category, purpose in items
+    ]
+    batch.insert(len(batch) // 2, error)
+    results = BatchEvaluator(policy, at).evaluate_all(batch, states, decisions)
+    assert len(results) == len(batch)
+    for item, result in zip(batch, results, strict=True):
+        if isinstance(item, ValueError):
+            assert result is error
+            continue
+        subject_id, category, purpose = item
+        expected = evaluate_eligibility(
+            policy, states.get(subject_id), decisions.get(subject_id, []), category, purpose, at
+        )
+        assert result == expected

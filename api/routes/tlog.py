@@ -7,17 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from starlette.responses import PlainTextResponse, Response
 
-from api.deps import Credentials, LedgerDep, authorize
+from api.deps import Credentials, LedgerDep, authorize, get_head
 from ledger.db import read_session
 from ledger.tiles import parse_tile_path, read_tile
 
 router = APIRouter(prefix="/tlog", tags=["tlog-tiles"])
 
 
-def tlog_access(ledger: LedgerDep, credentials: Credentials) -> None:
+async def tlog_access(ledger: LedgerDep, credentials: Credentials) -> None:
     """Audit scope, unless the operator made the log public."""
     if not ledger.settings.public_log:
-        authorize(ledger, credentials, "audit")
+        key = credentials.credentials if credentials is not None else None
+        await authorize(ledger, await get_head(ledger), key, "audit")
 
 
 Access = Annotated[None, Depends(tlog_access)]
