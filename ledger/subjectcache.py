@@ -136,6 +136,8 @@ class SubjectCache:
 
     def _remember(self, loaded: dict[str, _Subject]) -> None:
         for subject_id, subject in loaded.items():
+            if subject_id in self._by_id:
+                continue  # another thread loaded it at the same tree size meanwhile
             cost = subject.cost
             if cost > self._max_bytes:
                 continue  # larger than the whole cache: always read it afresh

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 from ledger.consents import DecisionRequest
+from ledger.db import read_session
 from ledger.service import CheckRequest, ConsentLedger
 from ledger.settings import Settings
-from ledger.subjectcache import SUBJECT_COST, SubjectCache
+from ledger.subjectcache import SUBJECT_COST, SubjectCache, _load
 
 ACTOR = "test"
 
@@ -132,3 +133,24 @@ def test_answers_do_not_depend_on_the_cache_budget(
         assert len(uncached._subjects) == 0
     finally:
         uncached.close()
+
+
+def test_subjects_loaded_by_two_threads_at_once_are_cached_once(
+    ledger: ConsentLedger, settings: Settings
+) -> None:
+    """Two batches that miss the same subjects both load them, then both remember them."""
+    ids = _population(ledger, 12)
+    cache = SubjectCache(max_bytes=100 * SUBJECT_COST)
+    size = ledger.tree_size()
+    with read_session(ledger.engine) as session:
+        first, second = (_load(session, ids, size) for _ in range(2))
+    for loaded in (first, second, first):
+        cache._remember(loaded)
+        assert all(cache._slots[subject.slot] == sid for sid, subject in cache._by_id.items())
+        assert len(cache._slots) == len(cache._by_id) == len(cache._id_of_ref)
+        assert cache.estimated_bytes == sum(s.cost for s in cache._by_id.values())
+    assert len(cache) == len(ids)
+    # Making room evicts by slot: every slot must still name a cached subject.
+    cache._max_bytes = 6 * SUBJECT_COST
+    cache._remember({"newcomer": next(iter(second.values()))})
+    assert cache.estimated_bytes <= 6 * SUBJECT_COST
