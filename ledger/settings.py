@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     batch_max_items: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     subject_cache_mb: int = Field(
-        default=96,
+        default=160,
         ge=0,
         description="Memory for subjects' eligibility inputs kept between checks, per process.",
     )

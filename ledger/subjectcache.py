@@ -37,7 +37,7 @@ from ledger.eligibility import Decision, SubjectState
 from ledger.schema import ConsentDecision, SubjectMapping, SubjectVersion
 
 _IN_CHUNK = 900
-DEFAULT_MAX_BYTES = 96 * 2**20
+DEFAULT_MAX_BYTES = 160 * 2**20
 
 # What one cached subject and each of its rows cost in CPython objects, measured
 # with tracemalloc (`python -m bench.profiles memory-batch`): the subject with its
