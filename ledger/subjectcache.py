@@ -37,7 +37,6 @@ from ledger.eligibility import Decision, SubjectState
 from ledger.schema import ConsentDecision, SubjectMapping, SubjectVersion
 
 _IN_CHUNK = 900
-DEFAULT_MAX_BYTES = 160 * 2**20
 
 # What one cached subject and each of its rows cost in CPython objects, measured
 # with tracemalloc (`python -m bench.profiles memory-batch`): the subject with its
@@ -89,7 +88,7 @@ class _Subject:
 
 
 class SubjectCache:
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._size = -1  # the tree size every cached subject is complete up to
