@@ -41,7 +41,7 @@ from ledger.subjects import (
     validate_jurisdiction,
     validate_subject_id,
 )
-from ledger.timestamps import format_timestamp, utc_now
+from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
 
 FIELDS = (
     "subject_id",
@@ -282,6 +282,19 @@ def parse_record(
         return ImportRecord(
             line, subject_id, jurisdiction, jurisdiction_value is not None, minor, None
         )
+    request = _decision_request(decision_value, given)
+    data = None
+    if check_decision:
+        if now is None:
+            now = format_timestamp(utc_now())
+        data = validate_decision(request, policy, now=now, field="row")
+    return ImportRecord(
+        line, subject_id, jurisdiction, jurisdiction_value is not None, minor, request, data
+    )
+
+
+def _decision_request(decision_value: Any, given: dict[str, Any]) -> DecisionRequest:
+    """A row's decision as a request, from its non-blank fields (`given`), defaults filled in."""
     decision = DECISION_ALIASES.get(str(decision_value).strip().lower())
     if decision is None:
         raise InvalidInput(
@@ -291,7 +304,7 @@ def parse_record(
         raise InvalidInput("is required with a decision", field="category")
     purpose, method, notice = given.get("purpose"), given.get("method"), given.get("notice")
     effective, expires = given.get("effective"), given.get("expires")
-    request = DecisionRequest(
+    return DecisionRequest(
         category=str(given["category"]).strip(),
         decision=decision,
         purpose=DEFAULT_PURPOSE if purpose is None else str(purpose).strip(),
@@ -301,14 +314,132 @@ def parse_record(
         effective=None if effective is None else str(effective).strip(),
         expires=None if expires is None else str(expires).strip(),
     )
-    data = None
-    if check_decision:
-        if now is None:
-            now = format_timestamp(utc_now())
-        data = validate_decision(request, policy, now=now, field="row")
-    return ImportRecord(
-        line, subject_id, jurisdiction, jurisdiction_value is not None, minor, request, data
-    )
+
+
+def spool_fields(record: ImportRecord) -> list[Any]:
+    """A validated record as the spool keeps it (see `_Spool.__iter__`), less its position."""
+    fields: list[Any] = [
+        record.line,
+        record.subject_id,
+        record.jurisdiction,
+        record.jurisdiction_given,
+        record.minor,
+    ]
+    if record.decision is not None:
+        data = record.data
+        assert data is not None, "spooled records are validated"
+        fields += (
+            data["category"],
+            data["purpose"],
+            data["decision"],
+            data["explicit"],
+            data["method"],
+            data["notice"],
+            # None: the time of the append, as for any decision without one.
+            None if record.decision.effective is None else data["effective"],
+            data["expires"],
+        )
+    return fields
+
+
+# The fields of a decision that repeat from row to row (the rest: subject and times).
+_SHAPE = ("category", "purpose", "decision", "explicit", "method", "notice")
+_KNOWN_FIELDS = frozenset(FIELDS)
+# Distinct shapes remembered at most: a file with a different notice on every row must
+# not grow the memo without bound.
+_MAX_SHAPES = 16_384
+
+
+class RowValidator:
+    """`parse_record` for a stream of rows, answering with the spool's fields.
+
+    An import validates every row, and its rows repeat the same few categories,
+    purposes, methods and notices: each distinct combination is validated once.
+    Only plain rows take that path (strings, booleans, blanks; known columns); any
+    other row, and any row the path finds a fault in, goes to `parse_record`, so
+    that what is accepted and every error message are exactly its own
+    (`tests/test_import.py` checks the two agree).
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._jurisdictions: dict[Any, str | None] = {}
+
+    def spool_fields(self, line: int, raw: dict[str, Any], now: str) -> list[Any]:
+        try:
+            fields = self._plain(line, raw, now)
+        except InvalidInput:
+            fields = None
+        if fields is None:
+            return spool_fields(parse_record(line, raw, self._policy, now=now))
+        return fields
+
+    def _plain(self, line: int, raw: dict[str, Any], now: str) -> list[Any] | None:
+        if not _KNOWN_FIELDS.issuperset(raw):
+            return None
+        for value in raw.values():
+            if not (type(value) is str or type(value) is bool or value is None):
+                return None
+        get = raw.get
+        subject = get("subject_id")
+        if type(subject) is not str:
+            return None
+        subject_id = validate_subject_id(subject.strip())
+        jurisdiction_value = get("jurisdiction")
+        jurisdiction_given = not _blank(jurisdiction_value)
+        jurisdiction = self._jurisdiction(jurisdiction_value) if jurisdiction_given else None
+        fields: list[Any] = [
+            line,
+            subject_id,
+            jurisdiction,
+            jurisdiction_given,
+            _boolean(get("minor"), "minor"),
+        ]
+        decision_value = get("decision")
+        if _blank(decision_value):
+            if any(not _blank(get(name)) for name in _SHAPE) or not (
+                _blank(get("effective")) and _blank(get("expires"))
+            ):
+                return None
+            return fields
+        key = tuple(map(get, _SHAPE))
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(key)
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        effective_value, expires_value = get("effective"), get("expires")
+        effective = expires = None
+        if not _blank(effective_value):
+            if type(effective_value) is not str:
+                return None
+            effective = normalize_timestamp(effective_value.strip(), field="row.effective")
+        if not _blank(expires_value):
+            if type(expires_value) is not str:
+                return None
+            expires = normalize_timestamp(expires_value.strip(), field="row.expires")
+            if expires <= (now if effective is None else effective):
+                return None
+        fields += shape
+        fields += (effective, expires)
+        return fields
+
+    def _shape(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        given = {name: value for name, value in zip(_SHAPE, key, strict=True) if not _blank(value)}
+        request = _decision_request(given.get("decision"), given)
+        # No times in the request: validate_decision's `now` does not reach the shape.
+        data = validate_decision(request, self._policy, now="", field="row")
+        return tuple(data[name] for name in _SHAPE)
+
+    def _jurisdiction(self, value: Any) -> str | None:
+        code = self._jurisdictions.get(value)
+        if code is None:
+            code = validate_jurisdiction(value)
+            if len(self._jurisdictions) < _MAX_SHAPES:
+                self._jurisdictions[value] = code
+        return code
 
 
 class _Spool:
@@ -328,30 +459,8 @@ class _Spool:
     def __exit__(self, *_exc: object) -> None:
         self._file.close()
 
-    def add(self, position: int, record: ImportRecord) -> None:
-        row: list[Any] = [
-            position,
-            record.line,
-            record.subject_id,
-            record.jurisdiction,
-            record.jurisdiction_given,
-            record.minor,
-        ]
-        if record.decision is not None:
-            data = record.data
-            assert data is not None, "spooled records are validated"
-            row += (
-                data["category"],
-                data["purpose"],
-                data["decision"],
-                data["explicit"],
-                data["method"],
-                data["notice"],
-                # None: the time of the append, as for any decision without one.
-                None if record.decision.effective is None else data["effective"],
-                data["expires"],
-            )
-        self._file.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+    def add(self, position: int, fields: list[Any]) -> None:
+        self._file.write(orjson.dumps([position, *fields], option=orjson.OPT_APPEND_NEWLINE))
 
     def __iter__(self) -> Iterator[list[Any]]:
         """[position, line, subject_id, jurisdiction, jurisdiction_given, minor] and, for a
@@ -398,17 +507,18 @@ def import_file(
         total = 0
         ids_to_check: list[tuple[int, str, dict[str, Any]]] = []
         now = format_timestamp(utc_now())
+        validator = RowValidator(context.policy)
         with path.open("rb") as handle:
             reader = _HashingReader(handle)
             for line, raw in read_rows(path, reader):
                 total += 1
                 try:
-                    record = parse_record(line, raw, context.policy, now=now)
+                    fields = validator.spool_fields(line, raw, now)
                 except InvalidInput as exc:
                     errors.append(RowError(line, exc.field, str(exc.args[0]), raw))
                     continue
-                spool.add(total, record)
-                ids_to_check.append((line, record.subject_id, raw))
+                spool.add(total, fields)
+                ids_to_check.append((line, fields[1], raw))
                 if len(ids_to_check) >= batch_size:
                     errors.extend(_erased_rows(context, ids_to_check))
                     ids_to_check = []
