@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import unicodedata
 
 from iso3166 import countries_by_alpha2
@@ -23,8 +24,20 @@ SALT_BYTES = 32
 
 
 def new_subject_ref() -> str:
-    # 128 random bits: unguessable and unrelated to the id.
-    return secrets.token_hex(16)
+    """A new subject reference: a UUIDv7 (RFC 9562 §5.7) in 32 lowercase hex digits.
+
+    74 random bits make it unguessable and unrelated to the id. The leading 48
+    bits are the Unix time in milliseconds, which tells nothing the log does not
+    (the subject's `subject.registered` entry carries its time), but keeps the
+    references created together next to each other in every index keyed by
+    them: a bulk import then appends to those B-trees instead of rewriting a
+    random page of each for every subject.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10))
+    # Version 7 in bits 48-51, the RFC 9562 variant (0b10) in bits 64-65.
+    value = value & ~(0xF << 76) | 0x7 << 76
+    value = value & ~(0x3 << 62) | 0x2 << 62
+    return f"{value:032x}"
 
 
 def new_salt() -> bytes:
