@@ -5,15 +5,25 @@ Two streaming passes, in constant memory:
    import id), keeping each good row's validated fields in a spool on disk;
    with any bad row nothing is written, unless the caller chose to skip them;
 2. write the spooled rows in batches, one transaction and one checkpoint per
-   batch, recording in the same transaction how many rows are done.
+   batch, recording in the same transaction how many rows are done. For a
+   large file a second process commits each batch while this one builds the
+   next (`_write_pipelined`).
 An interrupted import (Ctrl-C, SIGKILL) resumes after its last committed
-batch; importing a finished file again adds nothing.
+batch; importing a finished file again adds nothing. Under the write lock a
+batch is only written on the head and the progress it was built on, so
+nothing another writer appended in between is lost or doubled.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,13 +36,19 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
-from ledger.db import bulk_insert, is_sqlite, read_session, write_session
-from ledger.errors import InvalidInput
-from ledger.log import LogWriter, tree_size
+from ledger.db import bulk_insert, make_engine, read_session, write_session
+from ledger.errors import InvalidInput, LedgerError
+from ledger.log import LogHead, LogWriter, PreparedAppend, read_head, tree_size, write_prepared
 from ledger.notes import NoteSigner
 from ledger.policy import Policy
 from ledger.projection import Projector, SubjectRow
-from ledger.schema import ErasedSubject, ImportProgress, SubjectMapping, SubjectVersion
+from ledger.schema import (
+    ErasedSubject,
+    ImportProgress,
+    LedgerState,
+    SubjectMapping,
+    SubjectVersion,
+)
 from ledger.subjects import (
     commitment,
     erased_id_hash,
@@ -498,7 +514,11 @@ def import_file(
     skip_invalid: bool = False,
     on_reject: Callable[[RowError], None] | None = None,
     progress: Progress | None = None,
+    pipeline: bool | None = None,
 ) -> ImportSummary:
+    """Import `path` (see the module docstring). `pipeline`: write through a second
+    process, which commits each batch while this one prepares the next (None: when
+    the file has more than two batches and the database is not in memory)."""
     if batch_size < 1:
         raise InvalidInput("must be at least 1", field="batch_size")
     with _Spool() as spool:
@@ -545,20 +565,17 @@ def import_file(
             return summary
         skip = done.rows_done if done is not None else 0
         summary.skipped_already_done = skip
-        batch: list[list[Any]] = []
-        for row in spool:
-            position = row[0]
-            if position <= skip or row[1] in bad_lines:
-                continue
-            batch.append(row)
-            if len(batch) >= batch_size:
-                _write_batch(context, import_id, batch, position, summary, finished=False)
-                batch = []
+        batches = _batches(spool, skip, bad_lines, batch_size, total)
+        to_write = total - skip - len(bad_lines)
+        if pipeline is None:
+            pipeline = to_write > 2 * batch_size and _WriterProcess.can_write(context.engine)
+        if pipeline:
+            _write_pipelined(context, import_id, batches, summary, progress)
+        else:
+            for batch in batches:
+                _write_batch(context, import_id, batch, summary)
                 if progress:
-                    progress(position)
-    _write_batch(context, import_id, batch, total, summary, finished=True)
-    if progress:
-        progress(total)
+                    progress(batch.end)
     return summary
 
 
@@ -585,59 +602,374 @@ def _erased_rows(
     return errors
 
 
-def _write_batch(
+@dataclass(slots=True)
+class _Batch:
+    rows: list[list[Any]]
+    # The rows done before it and after it (spool positions; bad rows count as done).
+    start: int
+    end: int
+    finished: bool
+
+
+def _batches(
+    spool: _Spool, skip: int, bad_lines: set[int], batch_size: int, total: int
+) -> Iterator[_Batch]:
+    rows: list[list[Any]] = []
+    start = skip
+    for row in spool:
+        position = row[0]
+        if position <= skip or row[1] in bad_lines:
+            continue
+        rows.append(row)
+        if len(rows) >= batch_size:
+            yield _Batch(rows, start, position, finished=False)
+            rows, start = [], position
+    yield _Batch(rows, start, total, finished=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedBatch:
+    """A batch ready to be written: plain values, picklable for the writer process."""
+
+    import_id: str
+    start: int
+    end: int
+    finished: bool
+    base: LogHead
+    mappings: list[tuple[str, str, bytes]]
+    append: PreparedAppend | None
+    rows: int
+    entries: int
+    # This import's entries once the batch has landed (recorded in its progress row).
+    entries_written: int
+
+
+SubjectsKnown = tuple[dict[str, str], dict[str, SubjectRow]]
+
+
+def _prepare_batch(
     context: ImportContext,
     import_id: str,
-    batch: list[list[Any]],
-    rows_done: int,
-    summary: ImportSummary,
-    *,
-    finished: bool,
+    batch: _Batch,
+    head: LogHead,
+    known: SubjectsKnown,
+    entries_before: int,
+) -> tuple[_PreparedBatch, LogHead]:
+    """Build a batch's entries, projections and checkpoint on `head`, without the database.
+
+    `known` is what the database says (or will say, once the batches before this one
+    land) of the batch's subjects; it is brought up to date as rows are appended.
+    """
+    mappings, latest = known
+    writer = LogWriter.at(head, actor=context.actor)
+    # A copy: `latest` moves on as rows are appended, the projector starts from the
+    # versions before the batch.
+    projector = Projector(dict(latest).get)
+    new_mappings: list[tuple[str, str, bytes]] = []
+    for row in batch.rows:
+        _append_row(writer, row, mappings, latest, new_mappings)
+    append = None
+    if writer.pending:
+        append = writer.prepare([context.signer_for(writer.verifier_key)], projector.project)
+    entries = writer.next_seq - head.size
+    prepared = _PreparedBatch(
+        import_id=import_id,
+        start=batch.start,
+        end=batch.end,
+        finished=batch.finished,
+        base=head,
+        mappings=new_mappings,
+        append=append,
+        rows=len(batch.rows),
+        entries=entries,
+        entries_written=entries_before + entries,
+    )
+    return prepared, writer.head()
+
+
+def _store_batch(session: Session, prepared: _PreparedBatch) -> int:
+    """Write a prepared batch and its progress in the caller's write transaction;
+    the tree size after it."""
+    bulk_insert(session, "subjects", ("subject_id", "ref", "salt"), prepared.mappings)
+    if prepared.append is not None:
+        write_prepared(session, prepared.append)
+    values = {
+        "rows_done": prepared.end,
+        "entries_written": prepared.entries_written,
+        "finished": prepared.finished,
+    }
+    if session.get(ImportProgress, prepared.import_id) is None:
+        session.execute(insert(ImportProgress).values(import_id=prepared.import_id, **values))
+    else:
+        session.execute(
+            update(ImportProgress)
+            .where(col(ImportProgress.import_id) == prepared.import_id)
+            .values(**values)
+        )
+    return prepared.append.tree_size if prepared.append is not None else prepared.base.size
+
+
+def _tune(session: Session) -> None:
+    if session.get_bind().dialect.name == "sqlite":
+        # A batch dirties thousands of index pages; with SQLite's default 2 MB cache they
+        # spill to the WAL mid-transaction and are written again. Bounded, and only on the
+        # import's connection.
+        session.execute(text(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
+
+
+def _landed(summary: ImportSummary, prepared: _PreparedBatch, size: int) -> None:
+    summary.entries += prepared.entries
+    summary.batches += 1 if prepared.append is not None else 0
+    summary.imported_rows += prepared.rows
+    summary.tree_size = size
+
+
+def _write_batch(
+    context: ImportContext, import_id: str, batch: _Batch, summary: ImportSummary
 ) -> None:
+    """Write one batch in this process, building it under the write lock."""
     with write_session(context.engine) as session:
-        if is_sqlite(context.engine):
-            # A batch dirties thousands of pages of the random-key indexes (subject refs);
-            # with SQLite's default 2 MB cache they spill to the WAL mid-transaction and
-            # are written again. Bounded, and only on the import's connection.
-            session.execute(text(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
-        if batch:
-            writer = LogWriter.open(session, actor=context.actor)
-            mappings, latest = _load_batch_subjects(session, batch)
-            # A copy: `latest` moves on as rows are appended, the projector starts from the
-            # committed versions.
-            projector = Projector(dict(latest).get)
-            new_mappings: list[tuple[str, str, bytes]] = []
-            for row in batch:
-                _append_row(writer, row, mappings, latest, new_mappings)
-            bulk_insert(session, "subjects", ("subject_id", "ref", "salt"), new_mappings)
-            if writer.pending:
-                signer = context.signer_for(writer.verifier_key)
-                sealed = writer.seal([signer], projector.project)
-                summary.entries += len(sealed.entries)
-                summary.batches += 1
-            summary.imported_rows += len(batch)
-        progress_row = session.get(ImportProgress, import_id)
-        values = {
-            "rows_done": rows_done,
-            "entries_written": summary.entries,
-            "finished": finished,
-        }
-        if progress_row is None:
-            session.execute(insert(ImportProgress).values(import_id=import_id, **values))
-        else:
-            session.execute(
-                update(ImportProgress)
-                .where(col(ImportProgress.import_id) == import_id)
-                .values(**values)
+        _tune(session)
+        done = session.get(ImportProgress, import_id)
+        done_rows = done.rows_done if done is not None else 0
+        if done is not None and (done.finished or done_rows >= batch.end > batch.start):
+            # Another writer of this file got here first (the pipeline's writer process,
+            # finishing the batch it had when its import was stopped).
+            summary.tree_size = tree_size(session)
+            return
+        # Under the lock, rows already written are never written again.
+        rows = [row for row in batch.rows if row[0] > done_rows]
+        batch = _Batch(rows, max(batch.start, done_rows), batch.end, batch.finished)
+        prepared, _ = _prepare_batch(
+            context,
+            import_id,
+            batch,
+            read_head(session),
+            _load_batch_subjects(session, rows),
+            summary.entries,
+        )
+        size = _store_batch(session, prepared)
+    _landed(summary, prepared, size)
+
+
+def _write_pipelined(
+    context: ImportContext,
+    import_id: str,
+    batches: Iterator[_Batch],
+    summary: ImportSummary,
+    progress: Progress | None,
+) -> None:
+    """Prepare each batch while a writer process commits the one before.
+
+    Each batch is built on the head the previous one will leave, and on what the
+    database and the batch in flight say of its subjects. The writer commits it only
+    if, under the write lock, the log's head and this import's progress are exactly
+    what it was built on; when anything else wrote in between, the batch in flight
+    and the one just prepared are built again here, under the lock.
+    """
+    engine = context.engine
+    in_flight: tuple[_Batch, _PreparedBatch] | None = None
+    head: LogHead | None = None
+    overlay: SubjectsKnown = ({}, {})
+    with _WriterProcess(engine) as writer:
+        for batch in batches:
+            with read_session(engine) as session:
+                if head is None:
+                    head = read_head(session)
+                known = _load_batch_subjects(session, batch.rows, overlay)
+            entries_before = summary.entries + (in_flight[1].entries if in_flight else 0)
+            prepared, next_head = _prepare_batch(
+                context, import_id, batch, head, known, entries_before
             )
-        summary.tree_size = tree_size(session)
+            if in_flight is not None and not _finish(writer, in_flight, summary, progress):
+                # The head moved: build both again, under the lock, and start afresh.
+                for stale in (in_flight[0], batch):
+                    _write_batch(context, import_id, stale, summary)
+                    if progress:
+                        progress(stale.end)
+                in_flight, head, overlay = None, None, ({}, {})
+                continue
+            writer.send(prepared)
+            in_flight, head, overlay = (batch, prepared), next_head, known
+        if in_flight is not None and not _finish(writer, in_flight, summary, progress):
+            _write_batch(context, import_id, in_flight[0], summary)
+            if progress:
+                progress(in_flight[0].end)
+
+
+def _finish(
+    writer: _WriterProcess,
+    in_flight: tuple[_Batch, _PreparedBatch],
+    summary: ImportSummary,
+    progress: Progress | None,
+) -> bool:
+    """Wait for the batch in flight; False if it was not written (the head had moved)."""
+    size = writer.result()
+    if size is None:
+        return False
+    _landed(summary, in_flight[1], size)
+    if progress:
+        progress(in_flight[0].end)
+    return True
+
+
+class ImportWriteFailed(LedgerError):
+    """The writer process could not write a batch (the batches before it have landed)."""
+
+
+class _WriterProcess:
+    """A child process (`python -m ledger.importwriter`) that commits prepared batches
+    (`commit_prepared`), one at a time, answering each with the tree size after it.
+
+    Writing is about half an import's work and this process's other half is pure
+    Python: in one process the two take turns, in two they overlap (a thread would
+    not do: the SQLite driver takes the GIL back for every row). The child dies with
+    this process, so a killed import leaves nothing in flight. Messages are pickles
+    over the child's stdin and stdout, the database URL first (never on a command
+    line, where `ps` would show its password).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        # The child imports this very `ledger`, wherever it was imported from.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, path)))}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "ledger.importwriter"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._to_child: IO[bytes] = self._process.stdin
+        self._from_child: IO[bytes] = self._process.stdout
+        self._put(engine.url.render_as_string(hide_password=False))
+
+    @staticmethod
+    def can_write(engine: Engine) -> bool:
+        """Whether a second process can reach this database (not an in-memory SQLite)."""
+        url = engine.url
+        return url.get_backend_name() != "sqlite" or url.database not in (None, "", ":memory:")
+
+    def __enter__(self) -> _WriterProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        # Closing its stdin tells the child to stop; a batch it is writing still lands.
+        try:
+            self._to_child.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self._process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._from_child.close()
+
+    def _put(self, message: object) -> None:
+        try:
+            pickle.dump(message, self._to_child, protocol=pickle.HIGHEST_PROTOCOL)
+            self._to_child.flush()
+        except BrokenPipeError:
+            raise self._stopped() from None
+
+    def send(self, prepared: _PreparedBatch) -> None:
+        self._put(prepared)
+
+    def result(self) -> int | None:
+        """The tree size after the batch sent last, or None if the head had moved."""
+        try:
+            kind, value = pickle.load(self._from_child)
+        except EOFError:
+            raise self._stopped() from None
+        if kind == "failed":
+            raise ImportWriteFailed(f"{value}; run the import again to resume")
+        return None if kind == "moved" else int(value)
+
+    def _stopped(self) -> ImportWriteFailed:
+        code = self._process.wait()
+        return ImportWriteFailed(
+            f"the import's writer process stopped (exit code {code}); "
+            "run the import again to resume"
+        )
+
+
+def serve_writer(incoming: IO[bytes], outgoing: IO[bytes]) -> None:
+    """The writer process: commit each batch received until its input closes."""
+    die_with_parent()
+    # Ctrl-C is for the importing process, which stops this one once it has a result.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine = make_engine(pickle.load(incoming))
+    try:
+        while True:
+            try:
+                prepared = pickle.load(incoming)
+            except EOFError:
+                return
+            try:
+                size = commit_prepared(engine, prepared)
+            except Exception as exc:  # noqa: BLE001 - reported to the importing process
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                pickle.dump(("failed", first), outgoing)
+                outgoing.flush()
+                return
+            pickle.dump(("moved", None) if size is None else ("landed", size), outgoing)
+            outgoing.flush()
+    finally:
+        engine.dispose()
+
+
+def commit_prepared(engine: Engine, prepared: _PreparedBatch) -> int | None:
+    """Write a batch if the log's head and the import's progress are what it was built
+    on (the tree size after it), else nothing (None)."""
+    with write_session(engine) as session:
+        _tune(session)
+        state = session.get(LedgerState, 1)
+        done = session.get(ImportProgress, prepared.import_id)
+        if (
+            state is None
+            or (state.tree_size, state.verifier_key)
+            != (prepared.base.size, prepared.base.verifier_key)
+            or (done.rows_done if done is not None else 0) != prepared.start
+            or (done is not None and done.finished)
+        ):
+            return None
+        return _store_batch(session, prepared)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (elsewhere: best effort,
+    the closed pipe stops it at its next batch)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _load_batch_subjects(
-    session: Session, batch: list[list[Any]]
-) -> tuple[dict[str, str], dict[str, SubjectRow]]:
-    ids = list({row[2] for row in batch})
+    session: Session, batch: list[list[Any]], overlay: SubjectsKnown = ({}, {})
+) -> SubjectsKnown:
+    """The batch's subjects: their refs and latest versions, from `overlay` (a batch in
+    flight) where it knows them, else from the database."""
+    overlay_mappings, overlay_latest = overlay
     mappings: dict[str, str] = {}
+    ids = []
+    for subject_id in {row[2] for row in batch}:
+        ref = overlay_mappings.get(subject_id)
+        if ref is None:
+            ids.append(subject_id)
+        else:
+            mappings[subject_id] = ref
     for chunk in _chunks(ids):
         for subject_id, ref in session.execute(
             select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
@@ -646,7 +978,14 @@ def _load_batch_subjects(
         ):
             mappings[subject_id] = ref
     latest: dict[str, SubjectRow] = {}
-    for chunk in _chunks(list(mappings.values())):
+    refs = []
+    for ref in mappings.values():
+        version = overlay_latest.get(ref)
+        if version is None:
+            refs.append(ref)
+        else:
+            latest[ref] = version
+    for chunk in _chunks(refs):
         for row in session.execute(
             select(SubjectVersion.__table__).where(  # type: ignore[attr-defined]
                 col(SubjectVersion.ref).in_(chunk)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -82,6 +82,63 @@ class WriterMark:
     projected: int
 
 
+Rows = list[tuple[Any, ...]]
+# Rows for one table: its name, its columns, and the rows' values in that order.
+TableRows = tuple[str, tuple[str, ...], Rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead:
+    """What an append builds on: the committed tree (its size and frontier) and its key."""
+
+    origin: str
+    size: int
+    frontier: tuple[bytes, ...]
+    verifier_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAppend:
+    """Everything an append writes, built without the database: rows for each table
+    (in insertion order) and the signed checkpoint. Plain values, so it can be pickled
+    to the process that writes it (see `ledger.importer`)."""
+
+    base: LogHead
+    tables: tuple[TableRows, ...]
+    tree_size: int
+    root: bytes
+    checkpoint: str
+
+
+def read_head(session: Session) -> LogHead:
+    state = session.get(LedgerState, 1)
+    if state is None:
+        raise NotInitialized("no ledger in this database: run `consent-ledger init`")
+    frontier_keys = merkle.root_node_keys(state.tree_size)
+    stored = DbNodeReader(session).read_nodes(frontier_keys)
+    return LogHead(
+        origin=state.origin,
+        size=state.tree_size,
+        frontier=tuple(stored[key] for key in frontier_keys),
+        verifier_key=state.verifier_key,
+    )
+
+
+def write_prepared(session: Session, prepared: PreparedAppend) -> None:
+    """Write a prepared append in the caller's write transaction (it holds the write lock
+    and has checked that the log's head is still `prepared.base`)."""
+    for table, columns, rows in prepared.tables:
+        bulk_insert(session, table, columns, rows)
+    session.execute(
+        insert(CheckpointRow).values(
+            tree_size=prepared.tree_size, root=prepared.root, note=prepared.checkpoint
+        )
+    )
+    session.execute(
+        update(LedgerState).where(col(LedgerState.id) == 1).values(tree_size=prepared.tree_size)
+    )
+
+
 # A projection hook: given the entries of one append, rows to insert into
 # derived tables ({table name: rows}). Supplied by the caller so that the log
 # knows nothing about consent.
@@ -90,13 +147,15 @@ ProjectionHook = Callable[[Sequence[LogEntry]], Mapping[str, list[dict[str, Any]
 
 @dataclass
 class LogWriter:
-    session: Session
+    session: Session | None
     origin: str
     actor: str
     time: str
     # The key this append must be signed with (the last one announced).
     verifier_key: str
     _tree: merkle.TreeBuilder
+    # The head the pending entries build on.
+    _base: LogHead
     _pending: list[LogEntry] = field(default_factory=list)
     # The `log_entries` rows of `_pending`, built as each entry is appended.
     _rows: list[tuple[int, str, str | None, bytes]] = field(default_factory=list)
@@ -106,22 +165,31 @@ class LogWriter:
     @classmethod
     def open(cls, session: Session, *, actor: str) -> LogWriter:
         """Read the committed head. The caller holds the write lock (`write_session`)."""
-        state = session.get(LedgerState, 1)
-        if state is None:
-            raise NotInitialized("no ledger in this database: run `consent-ledger init`")
-        size = state.tree_size
-        frontier_keys = merkle.root_node_keys(size)
-        stored = DbNodeReader(session).read_nodes(frontier_keys)
-        tree = merkle.TreeBuilder(size, [stored[key] for key in frontier_keys])
-        # Taken only now, under the lock: entry times never go backwards along seq.
-        time = format_timestamp(utc_now())
+        # The time is taken only after the head, under the lock: entry times never go
+        # backwards along seq.
+        return cls.at(read_head(session), actor=actor, session=session)
+
+    @classmethod
+    def at(cls, head: LogHead, *, actor: str, session: Session | None = None) -> LogWriter:
+        """A writer building on `head`. Without a session it can only `prepare`: whoever
+        writes the result must check, under the write lock, that the head is unchanged."""
         return cls(
             session=session,
-            origin=state.origin,
+            origin=head.origin,
             actor=actor,
-            time=time,
-            verifier_key=state.verifier_key,
-            _tree=tree,
+            time=format_timestamp(utc_now()),
+            verifier_key=head.verifier_key,
+            _tree=merkle.TreeBuilder(head.size, head.frontier),
+            _base=head,
+        )
+
+    def head(self) -> LogHead:
+        """The head after everything appended so far: what the next append builds on."""
+        return LogHead(
+            origin=self.origin,
+            size=self._tree.size,
+            frontier=tuple(self._tree.frontier()),
+            verifier_key=self.verifier_key,
         )
 
     @property
@@ -177,16 +245,35 @@ class LogWriter:
         Later parts of the same transaction then read them back like committed
         state (a group append registers a subject, the next part updates it).
         """
+        assert self.session is not None, "a writer without a session can only prepare"
+        for table, columns, rows in self._projection_tables(project):
+            bulk_insert(self.session, table, columns, rows)
+
+    def _projection_tables(self, project: ProjectionHook) -> list[TableRows]:
+        tables: list[TableRows] = []
         for table, rows in project(self._pending[self._projected :]).items():
             if rows:
-                columns = tuple(rows[0])
-                bulk_insert(self.session, table, columns, list(map(tuple, map(dict.values, rows))))
+                tables.append((table, tuple(rows[0]), list(map(tuple, map(dict.values, rows)))))
         self._projected = len(self._pending)
+        return tables
 
     def seal(
         self, signers: Sequence[NoteSigner], project: ProjectionHook | None = None
     ) -> SealedAppend:
         """Write everything appended so far and the checkpoint that covers it."""
+        assert self.session is not None, "a writer without a session can only prepare"
+        entries = tuple(self._pending)
+        prepared = self.prepare(signers, project)
+        write_prepared(self.session, prepared)
+        return SealedAppend(
+            entries=entries, tree_size=prepared.tree_size, checkpoint=prepared.checkpoint
+        )
+
+    def prepare(
+        self, signers: Sequence[NoteSigner], project: ProjectionHook | None = None
+    ) -> PreparedAppend:
+        """Everything appended so far, with its signed checkpoint, ready to be written;
+        the writer starts afresh from the new head."""
         if not self._pending:
             raise InvalidInput("nothing to append")
         if str(signers[0].verifier_key) != self.verifier_key:
@@ -194,22 +281,24 @@ class LogWriter:
                 f"refusing to sign with {signers[0].verifier_key}: the log's current key is "
                 f"{self.verifier_key}"
             )
-        session = self.session
-        bulk_insert(session, "log_entries", ("seq", "kind", "subject", "canonical"), self._rows)
-        bulk_insert(session, "merkle_nodes", ("level", "idx", "hash"), self._nodes)
+        base = self._base
+        tables: list[TableRows] = [
+            ("log_entries", ("seq", "kind", "subject", "canonical"), cast(Rows, self._rows)),
+            ("merkle_nodes", ("level", "idx", "hash"), cast(Rows, self._nodes)),
+        ]
         if project is not None:
-            self.project(project)
+            tables += self._projection_tables(project)
         size = self._tree.size
         root = self._tree.root()
         note = sign_checkpoint(Checkpoint(self.origin, size, root), signers)
-        session.execute(insert(CheckpointRow).values(tree_size=size, root=root, note=note))
-        session.execute(update(LedgerState).where(col(LedgerState.id) == 1).values(tree_size=size))
-        sealed = SealedAppend(entries=tuple(self._pending), tree_size=size, checkpoint=note)
         self._pending = []
         self._rows = []
         self._nodes = []
         self._projected = 0
-        return sealed
+        self._base = self.head()
+        return PreparedAppend(
+            base=base, tables=tuple(tables), tree_size=size, root=root, checkpoint=note
+        )
 
 
 def create_log(

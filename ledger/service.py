@@ -622,6 +622,7 @@ class ConsentLedger:
         skip_invalid: bool = False,
         on_reject: Callable[[RowError], None] | None = None,
         progress: Callable[[int], None] | None = None,
+        pipeline: bool | None = None,
     ) -> ImportSummary:
         """Import a CSV/JSONL file of registrations and decisions (see `ledger.importer`)."""
         context = ImportContext(
@@ -638,6 +639,7 @@ class ConsentLedger:
             skip_invalid=skip_invalid,
             on_reject=on_reject,
             progress=progress,
+            pipeline=pipeline,
         )
 
     # --- policy --------------------------------------------------------------------------

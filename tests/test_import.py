@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 import rfc8785
 from sqlalchemy import Engine, func, select
@@ -35,7 +36,7 @@ from sqlmodel import col
 
 from ledger.demo import generate_rows, write_csv, write_jsonl
 from ledger.errors import InvalidInput
-from ledger.importer import FIELDS, ImportRejected, RowError
+from ledger.importer import FIELDS, ImportRejected, ImportWriteFailed, RowError
 from ledger.schema import (
     CheckpointRow,
     ConsentDecision,
@@ -408,9 +409,10 @@ def assert_names_every_bad_row(errors: list[RowError], bad_file: BadFile) -> Non
 # --- imports of generated files ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pipeline", [True, False], ids=["writer-process", "one-process"])
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
 def test_import_of_generated_rows_lands_every_row(
-    ledger: ConsentLedger, tmp_path: Path, kind: str
+    ledger: ConsentLedger, tmp_path: Path, kind: str, pipeline: bool
 ) -> None:
     rows_count, batch_size = 3_000, 500
     writer = write_csv if kind == "csv" else write_jsonl
@@ -419,7 +421,9 @@ def test_import_of_generated_rows_lands_every_row(
     before = snapshot(ledger)
     ticks: list[int] = []
 
-    summary = ledger.import_file(path, actor=ACTOR, batch_size=batch_size, progress=ticks.append)
+    summary = ledger.import_file(
+        path, actor=ACTOR, batch_size=batch_size, progress=ticks.append, pipeline=pipeline
+    )
 
     batches = math.ceil(rows_count / batch_size)
     assert summary.rows == summary.imported_rows == rows_count
@@ -443,6 +447,74 @@ def test_import_of_generated_rows_lands_every_row(
             select(col(LogEntryRow.canonical)).where(col(LogEntryRow.seq) >= before.tree_size)
         ).scalars()
         assert all(bytes(rfc8785.dumps(orjson.loads(data))) == data for data in stored)
+
+
+def test_writes_from_elsewhere_during_a_pipelined_import_are_kept_and_nothing_doubles(
+    ledger: ConsentLedger, tmp_path: Path
+) -> None:
+    # Batches are built ahead on the head the one in flight will leave; another writer
+    # moving the head in between must make the import build them again, under the lock.
+    rows_count, batch_size = 3_000, 300
+    path = write_csv(tmp_path / "consents.csv", rows_count)
+    rows = list(generate_rows(rows_count))
+    before = snapshot(ledger)
+    ticks: list[int] = []
+
+    def write_elsewhere(done: int) -> None:
+        ticks.append(done)
+        if len(ticks) in (1, 4, 5):
+            ledger.register_subject(f"elsewhere-{len(ticks)}", jurisdiction="FR", actor="api")
+
+    summary = ledger.import_file(
+        path, actor=ACTOR, batch_size=batch_size, progress=write_elsewhere, pipeline=True
+    )
+
+    expected = replay(rows)
+    assert summary.imported_rows == rows_count
+    assert summary.batches == rows_count // batch_size
+    assert ticks == sorted(ticks)
+    assert ticks[-1] == rows_count
+    assert kinds(ledger.engine) - before.kinds == Counter(
+        {
+            "subject.registered": expected.registered + 3,
+            "subject.updated": expected.updated,
+            "consent.recorded": len(expected.decisions),
+        }
+    )
+    assert summary.entries == ledger.tree_size() - before.tree_size - 3
+    elsewhere = {f"elsewhere-{tick}": ("FR", False) for tick in (1, 4, 5)}
+    assert stored_subjects(ledger.engine) == {**expected.subjects, **elsewhere}
+    assert_decisions_match(ledger.engine, expected.decisions)
+    assert verify_ledger(ledger.engine).entries == ledger.tree_size()
+
+
+def test_a_writer_process_that_dies_fails_the_import_clearly_and_it_resumes(
+    ledger: ConsentLedger, tmp_path: Path
+) -> None:
+    rows_count, batch_size = 3_000, 300
+    path = write_csv(tmp_path / "consents.csv", rows_count)
+    rows = list(generate_rows(rows_count))
+    before = snapshot(ledger)
+
+    def kill_the_writer(done: int) -> None:
+        if done >= 2 * batch_size:
+            for child in psutil.Process().children():
+                if "ledger.importwriter" in child.cmdline():
+                    child.kill()
+                    child.wait(timeout=WAIT)
+
+    with pytest.raises(ImportWriteFailed, match="writer process stopped.*run the import again"):
+        ledger.import_file(
+            path, actor=ACTOR, batch_size=batch_size, progress=kill_the_writer, pipeline=True
+        )
+    ((_, rows_done, _, finished),) = import_rows(ledger.engine)
+    assert not finished
+    assert 2 * batch_size <= rows_done < rows_count
+    verify_ledger(ledger.engine)
+
+    summary = ledger.import_file(path, actor=ACTOR, batch_size=batch_size, pipeline=True)
+    assert summary.skipped_already_done == rows_done
+    assert_import_landed(ledger, rows, before)
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
