@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -209,7 +210,11 @@ class Context:
         the command from its own small process: the rusage of a child forked
         straight from this (large) process would count this process's pages,
         since Linux carries the pre-exec high-water mark into ru_maxrss.
-        Without GNU time, /proc/PID/status VmHWM (reset by exec) is polled.
+        GNU time reports the largest single process, so the command's process
+        tree is also polled (/proc/PID/status VmHWM, reset by exec): when the
+        command runs helpers (an import's writer process), the figure is the
+        sum of every process's own peak, an upper bound on what they held at
+        once.
         """
         out = tempfile.TemporaryFile()
         err = tempfile.TemporaryFile()
@@ -223,14 +228,15 @@ class Context:
         deadline = None if timeout is None else start + timeout
         returncode: int | None = None
         hwm_kib = 0
+        peaks: dict[int, int] = {}
         while True:
             try:
                 returncode = process.wait(timeout=0.05)
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if not gnu_time:
-                hwm_kib = max(hwm_kib, _vm_hwm_kib(process.pid))
+            for pid in _command_pids(process.pid, wrapped=gnu_time is not None):
+                peaks[pid] = max(peaks.get(pid, 0), _vm_hwm_kib(pid))
             if deadline is not None and time.perf_counter() > deadline:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -241,6 +247,7 @@ class Context:
             lines = report.read_text().split()
             # GNU time prefixes "Command exited with non-zero status N" when it fails.
             hwm_kib = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+        hwm_kib = max(hwm_kib, sum(peaks.values()))
         out.seek(0)
         err.seek(0)
         return ChildRun(
@@ -300,6 +307,16 @@ class Context:
     def sql(self, bench_ledger: BenchLedger, statement: str) -> Any:
         with bench_ledger.ledger.engine.connect() as connection:
             return connection.execute(text(statement)).scalar()
+
+
+def _command_pids(pid: int, *, wrapped: bool) -> list[int]:
+    """The command's processes: `pid` and its descendants, less GNU time's own process."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    return [process.pid for process in tree if not (wrapped and process.pid == pid)]
 
 
 def _vm_hwm_kib(pid: int) -> int:

@@ -9,6 +9,8 @@ advisory lock.
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,7 +130,7 @@ def bulk_insert(
     Appends write several rows per entry; SQLAlchemy's per-row parameter
     processing would cost more than the hashing and signing, so the hot path
     goes to the DBAPI directly (values are plain ints, strings, bools, bytes):
-    `executemany` on SQLite, a binary `COPY` on PostgreSQL, where per-row
+    multi-row INSERTs on SQLite, a binary `COPY` on PostgreSQL, where per-row
     INSERTs cost several times more than the rows' COPY (and COPY is no slower
     even for a single row).
     """
@@ -146,14 +148,41 @@ def bulk_insert(
                 for row in rows:
                     copy.write_row(row)
             return
-        placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-        cursor.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(placeholder for _ in columns)})",
-            rows,
-        )
+        _insert_sqlite_rows(cursor, table, columns, rows)
     finally:
         cursor.close()
+
+
+# Rows per INSERT statement on SQLite: past a couple of hundred the gain is gone.
+_ROWS_PER_STATEMENT = 200
+
+
+def _insert_sqlite_rows(
+    cursor: Any,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """`executemany` of multi-row INSERTs: each statement carries up to
+    `_ROWS_PER_STATEMENT` rows, which nearly halves SQLite's cost per row against
+    one statement per row (fewer steps, resets and driver round trips)."""
+    one_row = f"({', '.join('?' for _ in columns)})"
+    variables = cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per_statement = max(1, min(_ROWS_PER_STATEMENT, variables // len(columns)))
+    prefix = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    whole = len(rows) - len(rows) % per_statement
+    flatten = itertools.chain.from_iterable
+    if whole:
+        cursor.executemany(
+            prefix + ", ".join([one_row] * per_statement),
+            [
+                list(flatten(rows[start : start + per_statement]))
+                for start in range(0, whole, per_statement)
+            ],
+        )
+    if whole < len(rows):
+        rest = rows[whole:]
+        cursor.execute(prefix + ", ".join([one_row] * len(rest)), list(flatten(rest)))
 
 
 def _column_types(

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 @contextmanager
 def no_gc() -> Iterator[None]:
-    """Pause the cyclic collector while millions of long-lived objects are made.
+    """Pause the cyclic collector while millions of objects are made.
 
     They all live until the work is done, so every collection in between
     would rescan them for nothing (it doubled the time of a 1M-entry report,

@@ -21,7 +21,13 @@ from sqlmodel import col
 from ledger import merkle
 from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.db import bulk_insert
-from ledger.errors import InvalidInput, NotFound, NotInitialized, SigningKeyError
+from ledger.errors import (
+    InvalidInput,
+    NotFound,
+    NotInitialized,
+    SigningKeyError,
+    VerificationError,
+)
 from ledger.notes import Checkpoint, NoteSigner, sign_checkpoint
 from ledger.schema import (
     CheckpointRow,
@@ -82,6 +88,9 @@ class WriterMark:
     projected: int
 
 
+ENTRY_TABLE, ENTRY_COLUMNS = "log_entries", ("seq", "kind", "subject", "canonical")
+MERKLE_TABLE, NODE_COLUMNS = "merkle_nodes", ("level", "idx", "hash")
+
 Rows = list[tuple[Any, ...]]
 # Rows for one table: its name, its columns, and the rows' values in that order.
 TableRows = tuple[str, tuple[str, ...], Rows]
@@ -108,6 +117,8 @@ class PreparedAppend:
     tree_size: int
     root: bytes
     checkpoint: str
+    # False: `tables` has no Merkle nodes; `write_prepared` derives them from the entries.
+    with_nodes: bool = True
 
 
 def read_head(session: Session) -> LogHead:
@@ -127,7 +138,10 @@ def read_head(session: Session) -> LogHead:
 def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     """Write a prepared append in the caller's write transaction (it holds the write lock
     and has checked that the log's head is still `prepared.base`)."""
-    for table, columns, rows in prepared.tables:
+    tables = list(prepared.tables)
+    if not prepared.with_nodes:
+        tables.insert(1, (MERKLE_TABLE, NODE_COLUMNS, _derive_nodes(prepared)))
+    for table, columns, rows in tables:
         bulk_insert(session, table, columns, rows)
     session.execute(
         insert(CheckpointRow).values(
@@ -137,6 +151,24 @@ def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     session.execute(
         update(LedgerState).where(col(LedgerState.id) == 1).values(tree_size=prepared.tree_size)
     )
+
+
+def _derive_nodes(prepared: PreparedAppend) -> Rows:
+    """The Merkle nodes of a prepared append, from its entries' bytes, checked against
+    the root its checkpoint signs: what is written is what was signed."""
+    table, _columns, entries = prepared.tables[0]
+    assert table == ENTRY_TABLE, "entries come first"
+    base = prepared.base
+    tree = merkle.TreeBuilder(base.size, base.frontier)
+    nodes: Rows = []
+    for row in entries:
+        nodes.extend(tree.append(merkle.leaf_hash(row[3])))
+    if tree.size != prepared.tree_size or tree.root() != prepared.root:
+        raise VerificationError(
+            f"the entries prepared for tree size {prepared.tree_size} do not give the root "
+            "their checkpoint signs; nothing was written"
+        )
+    return nodes
 
 
 # A projection hook: given the entries of one append, rows to insert into
@@ -161,6 +193,7 @@ class LogWriter:
     _rows: list[tuple[int, str, str | None, bytes]] = field(default_factory=list)
     _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
     _projected: int = 0
+    _keep_nodes: bool = True
 
     @classmethod
     def open(cls, session: Session, *, actor: str) -> LogWriter:
@@ -170,9 +203,18 @@ class LogWriter:
         return cls.at(read_head(session), actor=actor, session=session)
 
     @classmethod
-    def at(cls, head: LogHead, *, actor: str, session: Session | None = None) -> LogWriter:
+    def at(
+        cls,
+        head: LogHead,
+        *,
+        actor: str,
+        session: Session | None = None,
+        keep_nodes: bool = True,
+    ) -> LogWriter:
         """A writer building on `head`. Without a session it can only `prepare`: whoever
-        writes the result must check, under the write lock, that the head is unchanged."""
+        writes the result must check, under the write lock, that the head is unchanged.
+        Without `keep_nodes` its prepared appends leave the Merkle nodes to be derived
+        where they are written (an import's writer process)."""
         return cls(
             session=session,
             origin=head.origin,
@@ -181,6 +223,7 @@ class LogWriter:
             verifier_key=head.verifier_key,
             _tree=merkle.TreeBuilder(head.size, head.frontier),
             _base=head,
+            _keep_nodes=keep_nodes,
         )
 
     def head(self) -> LogHead:
@@ -216,7 +259,9 @@ class LogWriter:
         # batch of an import) holds thousands of entries until it is sealed.
         canonical = bytes(memoryview(canonical_bytes(body, vetted=vetted)))
         entry = LogEntry(seq=seq, canonical=canonical, body=body)
-        self._nodes.extend(self._tree.append(merkle.leaf_hash(canonical)))
+        nodes = self._tree.append(merkle.leaf_hash(canonical))
+        if self._keep_nodes:
+            self._nodes.extend(nodes)
         self._pending.append(entry)
         subject = data.get("subject") if kind in SUBJECT_KINDS else None
         self._rows.append((seq, kind, subject, canonical))
@@ -282,10 +327,9 @@ class LogWriter:
                 f"{self.verifier_key}"
             )
         base = self._base
-        tables: list[TableRows] = [
-            ("log_entries", ("seq", "kind", "subject", "canonical"), cast(Rows, self._rows)),
-            ("merkle_nodes", ("level", "idx", "hash"), cast(Rows, self._nodes)),
-        ]
+        tables: list[TableRows] = [(ENTRY_TABLE, ENTRY_COLUMNS, cast(Rows, self._rows))]
+        if self._keep_nodes:
+            tables.append((MERKLE_TABLE, NODE_COLUMNS, cast(Rows, self._nodes)))
         if project is not None:
             tables += self._projection_tables(project)
         size = self._tree.size
@@ -297,7 +341,12 @@ class LogWriter:
         self._projected = 0
         self._base = self.head()
         return PreparedAppend(
-            base=base, tables=tuple(tables), tree_size=size, root=root, checkpoint=note
+            base=base,
+            tables=tuple(tables),
+            tree_size=size,
+            root=root,
+            checkpoint=note,
+            with_nodes=self._keep_nodes,
         )
 
 

@@ -13,6 +13,7 @@ and the subjects' attributes as a replay of the file's rows says they must be.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import re
@@ -34,9 +35,12 @@ import rfc8785
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
+from ledger.db import read_session, write_session
 from ledger.demo import generate_rows, write_csv, write_jsonl
-from ledger.errors import InvalidInput
+from ledger.errors import InvalidInput, VerificationError
 from ledger.importer import FIELDS, ImportRejected, ImportWriteFailed, RowError
+from ledger.log import ENTRY_TABLE, LogWriter, read_head, write_prepared
+from ledger.projection import Projector
 from ledger.schema import (
     CheckpointRow,
     ConsentDecision,
@@ -515,6 +519,31 @@ def test_a_writer_process_that_dies_fails_the_import_clearly_and_it_resumes(
     summary = ledger.import_file(path, actor=ACTOR, batch_size=batch_size, pipeline=True)
     assert summary.skipped_already_done == rows_done
     assert_import_landed(ledger, rows, before)
+
+
+def test_a_prepared_batch_whose_entries_do_not_give_its_signed_root_is_refused(
+    ledger: ConsentLedger,
+) -> None:
+    # The writer process derives the Merkle nodes from the entries it was sent and
+    # writes nothing unless they give the root the batch's checkpoint signs.
+    before = snapshot(ledger)
+    with read_session(ledger.engine) as session:
+        head = read_head(session)
+    writer = LogWriter.at(head, actor=ACTOR, keep_nodes=False)
+    writer.append("subject.registered", {"subject": "a" * 32, "commitment": "c", "minor": False})
+    prepared = writer.prepare([ledger.signing_key()], Projector().project)
+    (_, columns, rows), *rest = prepared.tables
+    altered = [(*rows[0][:3], rows[0][3].replace(b'"minor":false', b'"minor":true'))]
+    forged = dataclasses.replace(prepared, tables=((ENTRY_TABLE, columns, altered), *rest))
+
+    with pytest.raises(VerificationError, match="do not give the root"):
+        with write_session(ledger.engine) as session:
+            write_prepared(session, forged)
+    assert snapshot(ledger) == before
+    with write_session(ledger.engine) as session:
+        write_prepared(session, prepared)
+    assert ledger.tree_size() == before.tree_size + 1
+    verify_ledger(ledger.engine)
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
