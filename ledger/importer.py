@@ -19,14 +19,17 @@ from __future__ import annotations
 import csv
 import ctypes
 import hashlib
+import itertools
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -103,6 +106,8 @@ _TRUE = {"true", "yes", "y", "1", "t"}
 _FALSE = {"false", "no", "n", "0", "f"}
 DEFAULT_METHOD = "import"
 DEFAULT_BATCH = 5_000
+# Files from this size on are imported with a writer process (`_WriterProcess`).
+PIPELINE_BYTES = 1 << 20
 SQLITE_CACHE_KIB = 64 * 1024
 
 
@@ -184,14 +189,22 @@ def detect_format(path: Path) -> str:
 
 
 class _HashingReader:
-    """A text stream that hashes the bytes it reads: the import id costs no extra pass."""
+    """A text stream that hashes the bytes it reads: the import id costs no extra pass.
 
-    def __init__(self, handle: IO[bytes]) -> None:
+    It reads from where `handle` is, numbering lines from `first_line`, and stops after
+    `limit` bytes (at a line boundary) if given.
+    """
+
+    def __init__(self, handle: IO[bytes], *, first_line: int = 1, limit: int | None = None):
         self._handle = handle
+        self._start = handle.tell()
+        self.first_line = first_line
+        self._limit = limit
         self.digest = hashlib.sha256()
 
     def __iter__(self) -> Iterator[str]:
-        for number, line in enumerate(self._handle, start=1):
+        left = self._limit
+        for number, line in enumerate(self._handle, start=self.first_line):
             self.digest.update(line)
             try:
                 # utf-8-sig on the first line: spreadsheets start CSV files with a BOM.
@@ -201,28 +214,44 @@ class _HashingReader:
                     f"not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8",
                     field=f"line {number}",
                 ) from None
+            if left is not None:
+                left -= len(line)
+                if left <= 0:
+                    return
+
+    def hash_rest(self) -> None:
+        """Hash what is left of the file after the limit, without reading it as text."""
+        assert self._limit is not None, "only a limited reader leaves a rest"
+        self._handle.seek(self._start + self._limit)
+        while chunk := self._handle.read(1 << 20):
+            self.digest.update(chunk)
 
 
-def read_rows(path: Path, reader: _HashingReader) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row with normalised field names) for every data row."""
+def read_rows(
+    path: Path, reader: _HashingReader, names: list[str] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row with normalised field names) for every data row. `names`: the
+    header's, when `reader` starts after it (a part of the file)."""
     if detect_format(path) == "csv":
         rows = csv.reader(reader)
-        header = next(rows, None)
-        if header is None:
-            return
-        names = [_field_name(name) for name in header]
+        if names is None:
+            header = next(rows, None)
+            if header is None:
+                return
+            names = [_field_name(name) for name in header]
+        before = reader.first_line - 1
         for values in rows:
             if not values:
                 continue
             if len(values) != len(names):
                 yield (
-                    rows.line_num,
+                    before + rows.line_num,
                     {"__error__": f"has {len(values)} fields but the header has {len(names)}"},
                 )
                 continue
-            yield rows.line_num, dict(zip(names, values, strict=True))
+            yield before + rows.line_num, dict(zip(names, values, strict=True))
         return
-    for number, line in enumerate(reader, start=1):
+    for number, line in enumerate(reader, start=reader.first_line):
         if not line.strip():
             continue
         try:
@@ -234,6 +263,45 @@ def read_rows(path: Path, reader: _HashingReader) -> Iterator[tuple[int, dict[st
             yield number, {"__error__": "each line must be a JSON object"}
             continue
         yield number, {_field_name(str(key)): item for key, item in value.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """Where the second half of a file starts, for a second process to validate it:
+    `offset` bytes in, at line `first_line`, after a header of `names` (CSV)."""
+
+    offset: int
+    first_line: int
+    names: list[str] | None
+
+
+def split_file(path: Path) -> FilePart | None:
+    """A line boundary near the middle of the file that is surely a row boundary, or None.
+
+    JSON Lines break only at newlines. A CSV row can span lines inside quotes, so a CSV
+    file with any quote before the split point is not split (exports rarely quote).
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(size // 2)
+        handle.readline()
+        offset = handle.tell()
+        if offset >= size:
+            return None
+        handle.seek(0)
+        head = handle.read(offset)
+    first_line = head.count(b"\n") + 1
+    if detect_format(path) == "jsonl":
+        return FilePart(offset, first_line, None)
+    if b'"' in head or b"\r" in head.replace(b"\r\n", b""):
+        return None
+    try:
+        header = next(csv.reader([head[: head.index(b"\n")].decode("utf-8-sig")]), None)
+    except UnicodeDecodeError:
+        return None  # the file is refused as it is read
+    if header is None:
+        return None
+    return FilePart(offset, first_line, [_field_name(name) for name in header])
 
 
 def _field_name(name: str | None) -> str:
@@ -467,13 +535,23 @@ class _Spool:
     the spool is about as large as the file.
     """
 
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile(buffering=1 << 20)
+    def __init__(self, file: IO[bytes] | None = None) -> None:
+        # `file`: the writer process's handle on its importer's spool (see `_Validation`).
+        self._file = tempfile.TemporaryFile(buffering=1 << 20) if file is None else file
 
     def __enter__(self) -> _Spool:
         return self
 
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def flush(self) -> None:
+        self._file.flush()
+
     def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._file.close()
 
     def add(self, position: int, fields: list[Any]) -> None:
@@ -487,6 +565,46 @@ class _Spool:
         loads = orjson.loads
         for line in self._file:
             yield loads(line)
+
+
+ErasedCheck = Callable[[list[tuple[int, str, dict[str, Any]]]], list[RowError]]
+
+
+class _Validation:
+    """Pass 1's work on parsed rows: validate each, spool the good ones, and reject rows
+    naming erased subjects, a batch of ids at a time."""
+
+    def __init__(self, policy: Policy, spool: _Spool, erased_rows: ErasedCheck) -> None:
+        self._validator = RowValidator(policy)
+        self._spool = spool
+        self._erased_rows = erased_rows
+        self._errors: list[RowError] = []
+
+    def add_rows(self, rows: Iterable[tuple[int, dict[str, Any]]], batch_size: int) -> int:
+        """Validate (line, row) for each row, in file order; how many rows there were."""
+        spool_fields, spool, errors = self._validator.spool_fields, self._spool, self._errors
+        position = 0
+        ids: list[tuple[int, str, dict[str, Any]]] = []
+        now = format_timestamp(utc_now())
+        for line, raw in rows:
+            position += 1
+            try:
+                fields = spool_fields(line, raw, now)
+            except InvalidInput as exc:
+                errors.append(RowError(line, exc.field, str(exc.args[0]), raw))
+                continue
+            spool.add(position, fields)
+            ids.append((line, fields[1], raw))
+            if len(ids) >= batch_size:
+                errors.extend(self._erased_rows(ids))
+                ids = []
+                now = format_timestamp(utc_now())
+        errors.extend(self._erased_rows(ids))
+        return position
+
+    def finish(self) -> list[RowError]:
+        self._spool.flush()
+        return self._errors
 
 
 # --- the import --------------------------------------------------------------------------
@@ -524,30 +642,37 @@ def import_file(
         raise InvalidInput("must be at least 1", field="batch_size")
     # Every row makes a few short-lived dicts and tuples: the collections they would
     # trigger rescan everything else alive, for nothing (a sixth of an import's time).
-    with no_gc(), _Spool() as spool:
-        # 1. Validate everything, hashing the file as it streams by.
-        errors: list[RowError] = []
+    if pipeline is None:
+        pipeline = path.stat().st_size >= PIPELINE_BYTES and _WriterProcess.can_write(
+            context.engine
+        )
+    with (
+        no_gc(),
+        _Spool() as spool,
+        _WriterProcess(context.engine) if pipeline else nullcontext() as helper,
+    ):
+        # 1. Validate everything, hashing the file as it streams by. With a writer
+        # process, that process validates the second half of the file meanwhile.
+        part = split_file(path) if helper is not None else None
+        second = None
+        if helper is not None and part is not None:
+            second = helper.validate(context, path, part)
+        validation = _Validation(
+            context.policy, spool, partial(_erased_rows, context.engine, context.erasure_secret)
+        )
         total = 0
-        ids_to_check: list[tuple[int, str, dict[str, Any]]] = []
-        now = format_timestamp(utc_now())
-        validator = RowValidator(context.policy)
         with path.open("rb") as handle:
-            reader = _HashingReader(handle)
-            for line, raw in read_rows(path, reader):
-                total += 1
-                try:
-                    fields = validator.spool_fields(line, raw, now)
-                except InvalidInput as exc:
-                    errors.append(RowError(line, exc.field, str(exc.args[0]), raw))
-                    continue
-                spool.add(total, fields)
-                ids_to_check.append((line, fields[1], raw))
-                if len(ids_to_check) >= batch_size:
-                    errors.extend(_erased_rows(context, ids_to_check))
-                    ids_to_check = []
-                    now = format_timestamp(utc_now())
-            errors.extend(_erased_rows(context, ids_to_check))
+            reader = _HashingReader(handle, limit=None if part is None else part.offset)
+            total = validation.add_rows(read_rows(path, reader), batch_size)
+            if part is not None:
+                reader.hash_rest()
             import_id = reader.digest.hexdigest()
+        errors = validation.finish()
+        rows_first = total
+        if helper is not None and part is not None:
+            more_errors, more_rows = helper.validated()
+            errors += more_errors
+            total += more_rows
         errors.sort(key=lambda error: error.line)
         summary = ImportSummary(import_id=import_id, rows=total, invalid=len(errors))
         if errors and not skip_invalid:
@@ -568,12 +693,12 @@ def import_file(
             return summary
         skip = done.rows_done if done is not None else 0
         summary.skipped_already_done = skip
-        batches = _batches(spool, skip, bad_lines, batch_size, total)
-        to_write = total - skip - len(bad_lines)
-        if pipeline is None:
-            pipeline = to_write > 2 * batch_size and _WriterProcess.can_write(context.engine)
-        if pipeline:
-            _write_pipelined(context, import_id, batches, summary, progress)
+        spooled: Iterable[list[Any]] = spool
+        if second is not None:
+            spooled = itertools.chain(spool, _renumbered(second, rows_first))
+        batches = _batches(spooled, skip, bad_lines, batch_size, total)
+        if helper is not None:
+            _write_pipelined(context, import_id, batches, summary, progress, helper)
         else:
             for batch in batches:
                 _write_batch(context, import_id, batch, summary)
@@ -583,7 +708,7 @@ def import_file(
 
 
 def _erased_rows(
-    context: ImportContext, rows: list[tuple[int, str, dict[str, Any]]]
+    engine: Engine, erasure_secret: bytes, rows: list[tuple[int, str, dict[str, Any]]]
 ) -> list[RowError]:
     if not rows:
         return []
@@ -591,11 +716,11 @@ def _erased_rows(
     for line, subject_id, raw in rows:
         by_id.setdefault(subject_id, []).append((line, raw))
     errors = []
-    with read_session(context.engine) as session:
+    with read_session(engine) as session:
         # Erasures are rare: when there are none, no id needs its keyed hash.
         if session.scalar(select(col(ErasedSubject.id_hash)).limit(1)) is None:
             return []
-        by_hash = {erased_id_hash(context.erasure_secret, sid): sid for sid in by_id}
+        by_hash = {erased_id_hash(erasure_secret, sid): sid for sid in by_id}
         for chunk in _chunks(list(by_hash)):
             for (id_hash,) in session.execute(
                 select(col(ErasedSubject.id_hash)).where(col(ErasedSubject.id_hash).in_(chunk))
@@ -614,8 +739,16 @@ class _Batch:
     finished: bool
 
 
+def _renumbered(spool: _Spool, before: int) -> Iterator[list[Any]]:
+    """The second half's spool, its positions counted on from the first half's rows."""
+    with spool:
+        for row in spool:
+            row[0] += before
+            yield row
+
+
 def _batches(
-    spool: _Spool, skip: int, bad_lines: set[int], batch_size: int, total: int
+    spool: Iterable[list[Any]], skip: int, bad_lines: set[int], batch_size: int, total: int
 ) -> Iterator[_Batch]:
     rows: list[list[Any]] = []
     start = skip
@@ -762,6 +895,7 @@ def _write_pipelined(
     batches: Iterator[_Batch],
     summary: ImportSummary,
     progress: Progress | None,
+    writer: _WriterProcess,
 ) -> None:
     """Prepare each batch while a writer process commits the one before.
 
@@ -775,30 +909,27 @@ def _write_pipelined(
     in_flight: tuple[_Batch, _PreparedBatch] | None = None
     head: LogHead | None = None
     overlay: SubjectsKnown = ({}, {})
-    with _WriterProcess(engine) as writer:
-        for batch in batches:
-            with read_session(engine) as session:
-                if head is None:
-                    head = read_head(session)
-                known = _load_batch_subjects(session, batch.rows, overlay)
-            entries_before = summary.entries + (in_flight[1].entries if in_flight else 0)
-            prepared, next_head = _prepare_batch(
-                context, import_id, batch, head, known, entries_before
-            )
-            if in_flight is not None and not _finish(writer, in_flight, summary, progress):
-                # The head moved: build both again, under the lock, and start afresh.
-                for stale in (in_flight[0], batch):
-                    _write_batch(context, import_id, stale, summary)
-                    if progress:
-                        progress(stale.end)
-                in_flight, head, overlay = None, None, ({}, {})
-                continue
-            writer.send(prepared)
-            in_flight, head, overlay = (batch, prepared), next_head, known
+    for batch in batches:
+        with read_session(engine) as session:
+            if head is None:
+                head = read_head(session)
+            known = _load_batch_subjects(session, batch.rows, overlay)
+        entries_before = summary.entries + (in_flight[1].entries if in_flight else 0)
+        prepared, next_head = _prepare_batch(context, import_id, batch, head, known, entries_before)
         if in_flight is not None and not _finish(writer, in_flight, summary, progress):
-            _write_batch(context, import_id, in_flight[0], summary)
-            if progress:
-                progress(in_flight[0].end)
+            # The head moved: build both again, under the lock, and start afresh.
+            for stale in (in_flight[0], batch):
+                _write_batch(context, import_id, stale, summary)
+                if progress:
+                    progress(stale.end)
+            in_flight, head, overlay = None, None, ({}, {})
+            continue
+        writer.send(prepared)
+        in_flight, head, overlay = (batch, prepared), next_head, known
+    if in_flight is not None and not _finish(writer, in_flight, summary, progress):
+        _write_batch(context, import_id, in_flight[0], summary)
+        if progress:
+            progress(in_flight[0].end)
 
 
 def _finish(
@@ -838,11 +969,15 @@ class _WriterProcess:
         package_root = str(Path(__file__).resolve().parent.parent)
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, path)))}
+        # It spools the rows it validates to a file of ours that has no name: the open
+        # file is passed down, under the same descriptor number.
+        self._spool = _Spool()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "ledger.importwriter"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            pass_fds=(self._spool.fileno(),),
         )
         assert self._process.stdin is not None
         assert self._process.stdout is not None
@@ -860,6 +995,7 @@ class _WriterProcess:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self._spool.close()
         # Closing its stdin tells the child to stop; a batch it is writing still lands.
         try:
             self._to_child.close()
@@ -879,18 +1015,36 @@ class _WriterProcess:
         except BrokenPipeError:
             raise self._stopped() from None
 
+    def validate(self, context: ImportContext, path: Path, part: FilePart) -> _Spool:
+        """Have the child validate the `part` of `path` that starts there, meanwhile; its
+        good rows go to the spool returned (positions counted from 1)."""
+        document = context.policy.to_document()
+        self._put(("validate", (document, context.erasure_secret, self._spool.fileno())))
+        self._put(("part", (str(path), part)))
+        return self._spool
+
+    def validated(self) -> tuple[list[RowError], int]:
+        """The part's bad rows and how many rows it had, once all its good ones are spooled."""
+        self._put(("validated", None))
+        errors, rows = self._reply()
+        return errors, int(rows)
+
     def send(self, prepared: _PreparedBatch) -> None:
-        self._put(prepared)
+        self._put(("write", prepared))
 
     def result(self) -> int | None:
         """The tree size after the batch sent last, or None if the head had moved."""
+        size: int | None = self._reply()
+        return size
+
+    def _reply(self) -> Any:
         try:
             kind, value = pickle.load(self._from_child)
         except EOFError:
             raise self._stopped() from None
         if kind == "failed":
             raise ImportWriteFailed(f"{value}; run the import again to resume")
-        return None if kind == "moved" else int(value)
+        return value
 
     def _stopped(self) -> ImportWriteFailed:
         code = self._process.wait()
@@ -914,21 +1068,49 @@ def serve_writer(incoming: IO[bytes], outgoing: IO[bytes]) -> None:
 
 def _serve(engine: Engine, incoming: IO[bytes], outgoing: IO[bytes]) -> None:
     # Unpickling a batch makes tens of thousands of tuples, all freed with it.
+    validation: tuple[Policy, bytes, int] | None = None
+    validated: tuple[list[RowError], int] | None = None
     with no_gc():
         while True:
             try:
-                prepared = pickle.load(incoming)
+                kind, value = pickle.load(incoming)
             except EOFError:
                 return
             try:
-                size = commit_prepared(engine, prepared)
+                if kind == "validate":
+                    document, secret, fd = value
+                    validation = (Policy.from_document(document), secret, fd)
+                    continue
+                if kind == "part":
+                    assert validation is not None, "validate comes first"
+                    validated = _validate_part(engine, *validation, *value)
+                    continue  # the answer waits for "validated"
+                if kind == "validated":
+                    assert validated is not None, "part comes first"
+                    reply: Any = validated
+                else:
+                    reply = commit_prepared(engine, value)
             except Exception as exc:  # noqa: BLE001 - reported to the importing process
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 pickle.dump(("failed", first), outgoing)
                 outgoing.flush()
                 return
-            pickle.dump(("moved", None) if size is None else ("landed", size), outgoing)
+            pickle.dump(("ok", reply), outgoing, protocol=pickle.HIGHEST_PROTOCOL)
             outgoing.flush()
+
+
+def _validate_part(
+    engine: Engine, policy: Policy, secret: bytes, fd: int, path: str, part: FilePart
+) -> tuple[list[RowError], int]:
+    """The writer process's share of pass 1: the rows of `path` from `part` on."""
+    file = Path(path)
+    spool = _Spool(os.fdopen(fd, "wb", buffering=1 << 20, closefd=False))
+    validation = _Validation(policy, spool, partial(_erased_rows, engine, secret))
+    with file.open("rb") as handle:
+        handle.seek(part.offset)
+        reader = _HashingReader(handle, first_line=part.first_line)
+        rows = validation.add_rows(read_rows(file, reader, part.names), DEFAULT_BATCH)
+    return validation.finish(), rows
 
 
 def commit_prepared(engine: Engine, prepared: _PreparedBatch) -> int | None:
