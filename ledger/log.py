@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -46,8 +46,13 @@ SUBJECT_KINDS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
+class LogEntry(NamedTuple):
+    """One entry: its seq, its canonical bytes (what the tree hashes) and their parse.
+
+    A named tuple, not a frozen dataclass: imports and `verify` make one per entry,
+    and a frozen dataclass takes four times as long to build.
+    """
+
     seq: int
     canonical: bytes
     body: dict[str, Any]
@@ -117,8 +122,9 @@ class PreparedAppend:
     tree_size: int
     root: bytes
     checkpoint: str
-    # False: `tables` has no Merkle nodes; `write_prepared` derives them from the entries.
-    with_nodes: bool = True
+    # Without nodes in `tables`: the entries' leaf hashes, one after another, from which
+    # `write_prepared` derives the nodes.
+    leaves: bytes | None = None
 
 
 def read_head(session: Session) -> LogHead:
@@ -139,8 +145,8 @@ def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     """Write a prepared append in the caller's write transaction (it holds the write lock
     and has checked that the log's head is still `prepared.base`)."""
     tables = list(prepared.tables)
-    if not prepared.with_nodes:
-        tables.insert(1, (MERKLE_TABLE, NODE_COLUMNS, _derive_nodes(prepared)))
+    if prepared.leaves is not None:
+        tables.insert(1, (MERKLE_TABLE, NODE_COLUMNS, _derive_nodes(prepared, prepared.leaves)))
     for table, columns, rows in tables:
         bulk_insert(session, table, columns, rows)
     session.execute(
@@ -153,16 +159,15 @@ def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     )
 
 
-def _derive_nodes(prepared: PreparedAppend) -> Rows:
-    """The Merkle nodes of a prepared append, from its entries' bytes, checked against
-    the root its checkpoint signs: what is written is what was signed."""
-    table, _columns, entries = prepared.tables[0]
-    assert table == ENTRY_TABLE, "entries come first"
+def _derive_nodes(prepared: PreparedAppend, leaves: bytes) -> Rows:
+    """The Merkle nodes of a prepared append, from its leaf hashes, checked against the
+    root its checkpoint signs: what is written is what was signed."""
     base = prepared.base
     tree = merkle.TreeBuilder(base.size, base.frontier)
     nodes: Rows = []
-    for row in entries:
-        nodes.extend(tree.append(merkle.leaf_hash(row[3])))
+    size = merkle.HASH_SIZE
+    for start in range(0, len(leaves), size):
+        nodes.extend(tree.append(leaves[start : start + size]))
     if tree.size != prepared.tree_size or tree.root() != prepared.root:
         raise VerificationError(
             f"the entries prepared for tree size {prepared.tree_size} do not give the root "
@@ -194,6 +199,8 @@ class LogWriter:
     _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
     _projected: int = 0
     _keep_nodes: bool = True
+    # Without `_keep_nodes`: the leaf hashes of `_pending`, for `write_prepared` to build on.
+    _leaves: list[bytes] = field(default_factory=list)
 
     @classmethod
     def open(cls, session: Session, *, actor: str) -> LogWriter:
@@ -258,10 +265,13 @@ class LogWriter:
         # A right-sized copy: orjson's result keeps its 4 KB buffer, and an append (a
         # batch of an import) holds thousands of entries until it is sealed.
         canonical = bytes(memoryview(canonical_bytes(body, vetted=vetted)))
-        entry = LogEntry(seq=seq, canonical=canonical, body=body)
-        nodes = self._tree.append(merkle.leaf_hash(canonical))
+        entry = LogEntry(seq, canonical, body)
+        leaf = merkle.leaf_hash(canonical)
+        nodes = self._tree.append(leaf)
         if self._keep_nodes:
             self._nodes.extend(nodes)
+        else:
+            self._leaves.append(leaf)
         self._pending.append(entry)
         subject = data.get("subject") if kind in SUBJECT_KINDS else None
         self._rows.append((seq, kind, subject, canonical))
@@ -281,6 +291,7 @@ class LogWriter:
         self._tree = merkle.TreeBuilder(mark.size, mark.frontier)
         del self._pending[mark.pending :]
         del self._rows[mark.pending :]
+        del self._leaves[mark.pending :]
         del self._nodes[mark.nodes :]
         self._projected = mark.projected
 
@@ -335,9 +346,11 @@ class LogWriter:
         size = self._tree.size
         root = self._tree.root()
         note = sign_checkpoint(Checkpoint(self.origin, size, root), signers)
+        leaves = None if self._keep_nodes else b"".join(self._leaves)
         self._pending = []
         self._rows = []
         self._nodes = []
+        self._leaves = []
         self._projected = 0
         self._base = self.head()
         return PreparedAppend(
@@ -346,7 +359,7 @@ class LogWriter:
             tree_size=size,
             root=root,
             checkpoint=note,
-            with_nodes=self._keep_nodes,
+            leaves=leaves,
         )
 
 

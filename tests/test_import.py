@@ -39,7 +39,7 @@ from ledger.db import read_session, write_session
 from ledger.demo import generate_rows, write_csv, write_jsonl
 from ledger.errors import InvalidInput, VerificationError
 from ledger.importer import FIELDS, ImportRejected, ImportWriteFailed, RowError
-from ledger.log import ENTRY_TABLE, LogWriter, read_head, write_prepared
+from ledger.log import LogWriter, read_head, write_prepared
 from ledger.projection import Projector
 from ledger.schema import (
     CheckpointRow,
@@ -521,20 +521,26 @@ def test_a_writer_process_that_dies_fails_the_import_clearly_and_it_resumes(
     assert_import_landed(ledger, rows, before)
 
 
-def test_a_prepared_batch_whose_entries_do_not_give_its_signed_root_is_refused(
+def test_a_prepared_batch_whose_leaves_do_not_give_its_signed_root_is_refused(
     ledger: ConsentLedger,
 ) -> None:
-    # The writer process derives the Merkle nodes from the entries it was sent and
+    # The writer process derives the Merkle nodes from the leaf hashes it was sent and
     # writes nothing unless they give the root the batch's checkpoint signs.
     before = snapshot(ledger)
     with read_session(ledger.engine) as session:
         head = read_head(session)
     writer = LogWriter.at(head, actor=ACTOR, keep_nodes=False)
-    writer.append("subject.registered", {"subject": "a" * 32, "commitment": "c", "minor": False})
+    for number in range(3):
+        writer.append(
+            "subject.registered",
+            {"subject": f"{number:032x}", "commitment": "c", "jurisdiction": None, "minor": False},
+        )
     prepared = writer.prepare([ledger.signing_key()], Projector().project)
-    (_, columns, rows), *rest = prepared.tables
-    altered = [(*rows[0][:3], rows[0][3].replace(b'"minor":false', b'"minor":true'))]
-    forged = dataclasses.replace(prepared, tables=((ENTRY_TABLE, columns, altered), *rest))
+    assert prepared.leaves is not None
+    assert len(prepared.leaves) == 3 * 32
+    altered = bytearray(prepared.leaves)
+    altered[40] ^= 1
+    forged = dataclasses.replace(prepared, leaves=bytes(altered))
 
     with pytest.raises(VerificationError, match="do not give the root"):
         with write_session(ledger.engine) as session:
@@ -542,7 +548,7 @@ def test_a_prepared_batch_whose_entries_do_not_give_its_signed_root_is_refused(
     assert snapshot(ledger) == before
     with write_session(ledger.engine) as session:
         write_prepared(session, prepared)
-    assert ledger.tree_size() == before.tree_size + 1
+    assert ledger.tree_size() == before.tree_size + 3
     verify_ledger(ledger.engine)
 
 
