@@ -108,6 +108,8 @@ DEFAULT_METHOD = "import"
 DEFAULT_BATCH = 5_000
 # Files from this size on are imported with a writer process (`_WriterProcess`).
 PIPELINE_BYTES = 1 << 20
+# Where pass 1 splits such a file (see `split_file`), in percent of its size.
+SPLIT_PERCENT = 56
 SQLITE_CACHE_KIB = 64 * 1024
 
 
@@ -276,14 +278,16 @@ class FilePart:
 
 
 def split_file(path: Path) -> FilePart | None:
-    """A line boundary near the middle of the file that is surely a row boundary, or None.
+    """A line boundary past the middle of the file that is surely a row boundary, or None.
 
     JSON Lines break only at newlines. A CSV row can span lines inside quotes, so a CSV
     file with any quote before the split point is not split (exports rarely quote).
     """
     size = path.stat().st_size
     with path.open("rb") as handle:
-        handle.seek(size // 2)
+        # Past the middle: the writer process starts its half later (its own start-up),
+        # and should not keep this one waiting.
+        handle.seek(size * SPLIT_PERCENT // 100)
         handle.readline()
         offset = handle.tell()
         if offset >= size:
