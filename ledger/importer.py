@@ -31,7 +31,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 from sqlalchemy import Engine, insert, select, text, update
@@ -641,17 +641,18 @@ def import_file(
     progress: Progress | None = None,
     pipeline: bool | None = None,
 ) -> ImportSummary:
-    """Import `path` (see the module docstring). `pipeline`: write through a second
-    process, which commits each batch while this one prepares the next (None: when
-    the file has more than two batches and the database is not in memory)."""
+    """Import `path` (see the module docstring). `pipeline`: with a writer process,
+    which validates part of the file and commits each batch while this one prepares
+    the next (None: for files of `PIPELINE_BYTES` or more, unless the database is in
+    memory)."""
     if batch_size < 1:
         raise InvalidInput("must be at least 1", field="batch_size")
-    # Every row makes a few short-lived dicts and tuples: the collections they would
-    # trigger rescan everything else alive, for nothing (a sixth of an import's time).
     if pipeline is None:
         pipeline = path.stat().st_size >= PIPELINE_BYTES and _WriterProcess.can_write(
             context.engine
         )
+    # Every row makes a few short-lived dicts and tuples: the collections they would
+    # trigger rescan everything else alive, for nothing (a sixth of an import's time).
     with (
         no_gc(),
         _Spool() as spool,
@@ -666,7 +667,6 @@ def import_file(
         validation = _Validation(
             context.policy, spool, partial(_erased_rows, context.engine, context.erasure_secret)
         )
-        total = 0
         with path.open("rb") as handle:
             reader = _HashingReader(handle, limit=None if part is None else part.offset)
             total = validation.add_rows(read_rows(path, reader), batch_size)
@@ -787,6 +787,7 @@ class _PreparedBatch:
 
 
 SubjectsKnown = tuple[dict[str, str], dict[str, SubjectRow]]
+V = TypeVar("V")
 
 
 def _prepare_batch(
@@ -796,15 +797,18 @@ def _prepare_batch(
     head: LogHead,
     known: SubjectsKnown,
     entries_before: int,
+    *,
+    for_writer: bool,
 ) -> tuple[_PreparedBatch, LogHead]:
     """Build a batch's entries, projections and checkpoint on `head`, without the database.
 
     `known` is what the database says (or will say, once the batches before this one
     land) of the batch's subjects; it is brought up to date as rows are appended.
+    `for_writer`: the batch goes to the writer process, which derives the Merkle nodes
+    from the leaf hashes (and checks the root) instead of unpickling them.
     """
     mappings, latest = known
-    # No Merkle nodes: the writer derives them from the entries (and checks the root).
-    writer = LogWriter.at(head, actor=context.actor, keep_nodes=False)
+    writer = LogWriter.at(head, actor=context.actor, keep_nodes=not for_writer)
     # A copy: `latest` moves on as rows are appended, the projector starts from the
     # versions before the batch.
     projector = Projector(dict(latest).get)
@@ -889,6 +893,7 @@ def _write_batch(
             read_head(session),
             _load_batch_subjects(session, rows),
             summary.entries,
+            for_writer=False,
         )
         size = _store_batch(session, prepared)
     _landed(summary, prepared, size)
@@ -920,7 +925,9 @@ def _write_pipelined(
                 head = read_head(session)
             known = _load_batch_subjects(session, batch.rows, overlay)
         entries_before = summary.entries + (in_flight[1].entries if in_flight else 0)
-        prepared, next_head = _prepare_batch(context, import_id, batch, head, known, entries_before)
+        prepared, next_head = _prepare_batch(
+            context, import_id, batch, head, known, entries_before, for_writer=True
+        )
         if in_flight is not None and not _finish(writer, in_flight, summary, progress):
             # The head moved: build both again, under the lock, and start afresh.
             for stale in (in_flight[0], batch):
@@ -1159,14 +1166,7 @@ def _load_batch_subjects(
     """The batch's subjects: their refs and latest versions, from `overlay` (a batch in
     flight) where it knows them, else from the database."""
     overlay_mappings, overlay_latest = overlay
-    mappings: dict[str, str] = {}
-    ids = []
-    for subject_id in {row[2] for row in batch}:
-        ref = overlay_mappings.get(subject_id)
-        if ref is None:
-            ids.append(subject_id)
-        else:
-            mappings[subject_id] = ref
+    mappings, ids = _known_and_unknown({row[2] for row in batch}, overlay_mappings)
     for chunk in _chunks(ids):
         for subject_id, ref in session.execute(
             select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
@@ -1174,14 +1174,7 @@ def _load_batch_subjects(
             )
         ):
             mappings[subject_id] = ref
-    latest: dict[str, SubjectRow] = {}
-    refs = []
-    for ref in mappings.values():
-        version = overlay_latest.get(ref)
-        if version is None:
-            refs.append(ref)
-        else:
-            latest[ref] = version
+    latest, refs = _known_and_unknown(mappings.values(), overlay_latest)
     for chunk in _chunks(refs):
         for row in session.execute(
             select(SubjectVersion.__table__).where(  # type: ignore[attr-defined]
@@ -1192,6 +1185,19 @@ def _load_batch_subjects(
             if current is None or row["seq"] > current["seq"]:
                 latest[row["ref"]] = dict(row)
     return mappings, latest
+
+
+def _known_and_unknown(keys: Iterable[str], known: dict[str, V]) -> tuple[dict[str, V], list[str]]:
+    """The keys `known` has values for (with them), and the others."""
+    found: dict[str, V] = {}
+    unknown = []
+    for key in keys:
+        value = known.get(key)
+        if value is None:
+            unknown.append(key)
+        else:
+            found[key] = value
+    return found, unknown
 
 
 def _append_row(
