@@ -798,17 +798,20 @@ def _prepare_batch(
     known: SubjectsKnown,
     entries_before: int,
     *,
-    for_writer: bool,
+    session: Session | None,
 ) -> tuple[_PreparedBatch, LogHead]:
     """Build a batch's entries, projections and checkpoint on `head`, without the database.
 
     `known` is what the database says (or will say, once the batches before this one
     land) of the batch's subjects; it is brought up to date as rows are appended.
-    `for_writer`: the batch goes to the writer process, which derives the Merkle nodes
-    from the leaf hashes (and checks the root) instead of unpickling them.
+    `session`: the write transaction the batch will be written in; without one, the
+    batch goes to the writer process, which derives the Merkle tiles and nodes from the
+    leaf hashes (and checks the root) instead of unpickling them.
     """
     mappings, latest = known
-    writer = LogWriter.at(head, actor=context.actor, keep_nodes=not for_writer)
+    writer = LogWriter.at(
+        head, actor=context.actor, session=session, keep_nodes=session is not None
+    )
     # A copy: `latest` moves on as rows are appended, the projector starts from the
     # versions before the batch.
     projector = Projector(dict(latest).get)
@@ -893,7 +896,7 @@ def _write_batch(
             read_head(session),
             _load_batch_subjects(session, rows),
             summary.entries,
-            for_writer=False,
+            session=session,
         )
         size = _store_batch(session, prepared)
     _landed(summary, prepared, size)
@@ -926,7 +929,7 @@ def _write_pipelined(
             known = _load_batch_subjects(session, batch.rows, overlay)
         entries_before = summary.entries + (in_flight[1].entries if in_flight else 0)
         prepared, next_head = _prepare_batch(
-            context, import_id, batch, head, known, entries_before, for_writer=True
+            context, import_id, batch, head, known, entries_before, session=None
         )
         if in_flight is not None and not _finish(writer, in_flight, summary, progress):
             # The head moved: build both again, under the lock, and start afresh.

@@ -10,7 +10,7 @@ commits, and a transaction that dies leaves no trace.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -34,6 +34,7 @@ from ledger.schema import (
     LedgerState,
     LogEntryRow,
     MerkleNode,
+    MerkleTile,
 )
 from ledger.timestamps import format_timestamp, utc_now
 
@@ -86,15 +87,13 @@ class SealedAppend:
 
 @dataclass(frozen=True, slots=True)
 class WriterMark:
-    size: int
-    frontier: tuple[bytes, ...]
     pending: int
-    nodes: int
     projected: int
 
 
 ENTRY_TABLE, ENTRY_COLUMNS = "log_entries", ("seq", "kind", "subject", "canonical")
 MERKLE_TABLE, NODE_COLUMNS = "merkle_nodes", ("level", "idx", "hash")
+TILE_TABLE, TILE_COLUMNS = "merkle_tiles", ("level", "idx", "hashes")
 
 Rows = list[tuple[Any, ...]]
 # Rows for one table: its name, its columns, and the rows' values in that order.
@@ -122,8 +121,8 @@ class PreparedAppend:
     tree_size: int
     root: bytes
     checkpoint: str
-    # Without nodes in `tables`: the entries' leaf hashes, one after another, from which
-    # `write_prepared` derives the nodes.
+    # Without nodes and tiles in `tables`: the entries' leaf hashes, one after another,
+    # from which `write_prepared` derives them.
     leaves: bytes | None = None
 
 
@@ -146,7 +145,7 @@ def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     and has checked that the log's head is still `prepared.base`)."""
     tables = list(prepared.tables)
     if prepared.leaves is not None:
-        tables.insert(1, (MERKLE_TABLE, NODE_COLUMNS, _derive_nodes(prepared, prepared.leaves)))
+        tables[1:1] = _derive_tree(session, prepared, prepared.leaves)
     for table, columns, rows in tables:
         bulk_insert(session, table, columns, rows)
     session.execute(
@@ -159,21 +158,56 @@ def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     )
 
 
-def _derive_nodes(prepared: PreparedAppend, leaves: bytes) -> Rows:
-    """The Merkle nodes of a prepared append, from its leaf hashes, checked against the
-    root its checkpoint signs: what is written is what was signed."""
+def _derive_tree(session: Session, prepared: PreparedAppend, leaves: bytes) -> list[TableRows]:
+    """The tiles and nodes of a prepared append, from its leaf hashes, checked against
+    the root its checkpoint signs: what is written is what was signed."""
     base = prepared.base
-    tree = merkle.TreeBuilder(base.size, base.frontier)
-    nodes: Rows = []
-    size = merkle.HASH_SIZE
-    for start in range(0, len(leaves), size):
-        nodes.extend(tree.append(leaves[start : start + size]))
-    if tree.size != prepared.tree_size or tree.root() != prepared.root:
+    growth = merkle.Growth(base.size, base.frontier, leaves)
+    if growth.size != prepared.tree_size or growth.root != prepared.root:
         raise VerificationError(
             f"the entries prepared for tree size {prepared.tree_size} do not give the root "
             "their checkpoint signs; nothing was written"
         )
-    return nodes
+    return _tree_tables(session, growth)
+
+
+def _tree_tables(session: Session, growth: merkle.Growth) -> list[TableRows]:
+    tiles, nodes = growth.stored(read_node_ranges(session, growth.completed_edge()))
+    return [
+        (TILE_TABLE, TILE_COLUMNS, cast(Rows, tiles)),
+        (MERKLE_TABLE, NODE_COLUMNS, cast(Rows, nodes)),
+    ]
+
+
+def read_node_ranges(
+    session: Session, ranges: Sequence[merkle.NodeRange]
+) -> dict[merkle.NodeKey, bytes]:
+    """The nodes stored one by one in `ranges` (each of them, or VerificationError)."""
+    if not ranges:
+        return {}
+    rows = session.execute(
+        select(col(MerkleNode.level), col(MerkleNode.idx), col(MerkleNode.hash)).where(
+            or_(
+                *(
+                    and_(
+                        col(MerkleNode.level) == level,
+                        col(MerkleNode.idx) >= start,
+                        col(MerkleNode.idx) < end,
+                    )
+                    for level, start, end in ranges
+                )
+            )
+        )
+    )
+    found = {(level, index): node for level, index, node in rows}
+    for level, start, end in ranges:
+        for index in range(start, end):
+            if (level, index) not in found:
+                raise VerificationError(
+                    "is missing: the stored tree is incomplete (run `consent-ledger verify`)",
+                    subject=f"merkle node {level}/{index}",
+                )
+    return found
 
 
 # A projection hook: given the entries of one append, rows to insert into
@@ -190,17 +224,15 @@ class LogWriter:
     time: str
     # The key this append must be signed with (the last one announced).
     verifier_key: str
-    _tree: merkle.TreeBuilder
     # The head the pending entries build on.
     _base: LogHead
     _pending: list[LogEntry] = field(default_factory=list)
-    # The `log_entries` rows of `_pending`, built as each entry is appended.
+    # The `log_entries` rows and the leaf hashes of `_pending`, built as each entry is
+    # appended; the tree over them is built once, when they are prepared.
     _rows: list[tuple[int, str, str | None, bytes]] = field(default_factory=list)
-    _nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
+    _leaves: list[bytes] = field(default_factory=list)
     _projected: int = 0
     _keep_nodes: bool = True
-    # Without `_keep_nodes`: the leaf hashes of `_pending`, for `write_prepared` to build on.
-    _leaves: list[bytes] = field(default_factory=list)
 
     @classmethod
     def open(cls, session: Session, *, actor: str) -> LogWriter:
@@ -218,33 +250,40 @@ class LogWriter:
         session: Session | None = None,
         keep_nodes: bool = True,
     ) -> LogWriter:
-        """A writer building on `head`. Without a session it can only `prepare`: whoever
-        writes the result must check, under the write lock, that the head is unchanged.
-        Without `keep_nodes` its prepared appends leave the Merkle nodes to be derived
-        where they are written (an import's writer process)."""
+        """A writer building on `head`. Without a session it can only `prepare`, and only
+        without `keep_nodes`: whoever writes the result must check, under the write lock,
+        that the head is unchanged, and derives the Merkle tiles and nodes there (an
+        import's writer process)."""
         return cls(
             session=session,
             origin=head.origin,
             actor=actor,
             time=format_timestamp(utc_now()),
             verifier_key=head.verifier_key,
-            _tree=merkle.TreeBuilder(head.size, head.frontier),
             _base=head,
             _keep_nodes=keep_nodes,
         )
 
     def head(self) -> LogHead:
         """The head after everything appended so far: what the next append builds on."""
+        if not self._leaves:
+            return self._base
+        return self._head_after(self._growth())
+
+    def _growth(self) -> merkle.Growth:
+        return merkle.Growth(self._base.size, self._base.frontier, b"".join(self._leaves))
+
+    def _head_after(self, growth: merkle.Growth) -> LogHead:
         return LogHead(
             origin=self.origin,
-            size=self._tree.size,
-            frontier=tuple(self._tree.frontier()),
+            size=growth.size,
+            frontier=growth.frontier,
             verifier_key=self.verifier_key,
         )
 
     @property
     def next_seq(self) -> int:
-        return self._tree.size
+        return self._base.size + len(self._pending)
 
     @property
     def pending(self) -> Sequence[LogEntry]:
@@ -253,7 +292,7 @@ class LogWriter:
     def append(self, kind: str, data: dict[str, Any], *, vetted: bool = False) -> LogEntry:
         """Add an entry. `vetted`: `data` was built by the ledger from validated values,
         so its canonical bytes need no safety walk (see `canonical_bytes`)."""
-        seq = self._tree.size
+        seq = self._base.size + len(self._pending)
         body = {
             "v": ENTRY_VERSION,
             "seq": seq,
@@ -266,12 +305,7 @@ class LogWriter:
         # batch of an import) holds thousands of entries until it is sealed.
         canonical = bytes(memoryview(canonical_bytes(body, vetted=vetted)))
         entry = LogEntry(seq, canonical, body)
-        leaf = merkle.leaf_hash(canonical)
-        nodes = self._tree.append(leaf)
-        if self._keep_nodes:
-            self._nodes.extend(nodes)
-        else:
-            self._leaves.append(leaf)
+        self._leaves.append(merkle.leaf_hash(canonical))
         self._pending.append(entry)
         subject = data.get("subject") if kind in SUBJECT_KINDS else None
         self._rows.append((seq, kind, subject, canonical))
@@ -279,20 +313,12 @@ class LogWriter:
 
     def mark(self) -> WriterMark:
         """A point to roll back to if the next part of a group append fails."""
-        return WriterMark(
-            size=self._tree.size,
-            frontier=tuple(self._tree.frontier()),
-            pending=len(self._pending),
-            nodes=len(self._nodes),
-            projected=self._projected,
-        )
+        return WriterMark(pending=len(self._pending), projected=self._projected)
 
     def rollback_to(self, mark: WriterMark) -> None:
-        self._tree = merkle.TreeBuilder(mark.size, mark.frontier)
         del self._pending[mark.pending :]
         del self._rows[mark.pending :]
         del self._leaves[mark.pending :]
-        del self._nodes[mark.nodes :]
         self._projected = mark.projected
 
     def project(self, project: ProjectionHook) -> None:
@@ -338,26 +364,27 @@ class LogWriter:
                 f"{self.verifier_key}"
             )
         base = self._base
+        growth = self._growth()
         tables: list[TableRows] = [(ENTRY_TABLE, ENTRY_COLUMNS, cast(Rows, self._rows))]
-        if self._keep_nodes:
-            tables.append((MERKLE_TABLE, NODE_COLUMNS, cast(Rows, self._nodes)))
+        leaves = None
+        if not self._keep_nodes:
+            leaves = b"".join(self._leaves)
+        else:
+            assert self.session is not None, "without a session, leave the nodes to the writer"
+            tables += _tree_tables(self.session, growth)
         if project is not None:
             tables += self._projection_tables(project)
-        size = self._tree.size
-        root = self._tree.root()
-        note = sign_checkpoint(Checkpoint(self.origin, size, root), signers)
-        leaves = None if self._keep_nodes else b"".join(self._leaves)
+        note = sign_checkpoint(Checkpoint(self.origin, growth.size, growth.root), signers)
         self._pending = []
         self._rows = []
-        self._nodes = []
         self._leaves = []
         self._projected = 0
-        self._base = self.head()
+        self._base = self._head_after(growth)
         return PreparedAppend(
             base=base,
             tables=tuple(tables),
-            tree_size=size,
-            root=root,
+            tree_size=growth.size,
+            root=growth.root,
             checkpoint=note,
             leaves=leaves,
         )
@@ -384,7 +411,8 @@ def create_log(
 
 
 class DbNodeReader:
-    """`merkle.NodeReader` over the `merkle_nodes` table: one query per proof."""
+    """`merkle.NodeReader` over the `merkle_tiles` and `merkle_nodes` tables: two
+    queries per proof (the tiles holding the keys, then the keys no tile holds)."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -392,22 +420,56 @@ class DbNodeReader:
     def read_nodes(self, keys: Collection[merkle.NodeKey]) -> Mapping[merkle.NodeKey, bytes]:
         if not keys:
             return {}
-        # One `level = ? AND idx IN (…)` term per level: both engines turn this
-        # into primary-key lookups, where a row-value IN makes SQLite scan the table.
-        by_level: dict[int, list[int]] = {}
-        for level, index in keys:
-            by_level.setdefault(level, []).append(index)
-        rows = self._session.execute(
-            select(col(MerkleNode.level), col(MerkleNode.idx), col(MerkleNode.hash)).where(
-                or_(
-                    *(
-                        and_(col(MerkleNode.level) == level, col(MerkleNode.idx).in_(indices))
-                        for level, indices in by_level.items()
-                    )
+        where = {key: merkle.tile_of(key) for key in keys}
+        tiles = dict(
+            _by_key(
+                self._session,
+                (col(MerkleTile.level), col(MerkleTile.idx), col(MerkleTile.hashes)),
+                {tile for tile, _ in where.values()},
+            )
+        )
+        found: dict[merkle.NodeKey, bytes] = {}
+        alone = []
+        for key, (tile, offset) in where.items():
+            hashes = tiles.get(tile)
+            if hashes is None:
+                alone.append(key)
+            else:
+                found[key] = hashes[offset : offset + merkle.HASH_SIZE]
+        found.update(
+            _by_key(
+                self._session,
+                (col(MerkleNode.level), col(MerkleNode.idx), col(MerkleNode.hash)),
+                alone,
+            )
+        )
+        return found
+
+
+def _by_key(
+    session: Session, columns: tuple[Any, Any, Any], keys: Collection[tuple[int, int]]
+) -> Iterator[tuple[tuple[int, int], bytes]]:
+    """The rows of a (level, idx)-keyed table that `keys` name, as (key, value)."""
+    if not keys:
+        return
+    level_column, index_column, value_column = columns
+    # One `level = ? AND idx IN (…)` term per level: both engines turn this
+    # into primary-key lookups, where a row-value IN makes SQLite scan the table.
+    by_level: dict[int, list[int]] = {}
+    for level, index in keys:
+        by_level.setdefault(level, []).append(index)
+    rows = session.execute(
+        select(level_column, index_column, value_column).where(
+            or_(
+                *(
+                    and_(level_column == level, index_column.in_(indices))
+                    for level, indices in by_level.items()
                 )
             )
         )
-        return {(level, idx): node for level, idx, node in rows}
+    )
+    for level, index, value in rows:
+        yield (level, index), value
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -29,18 +29,26 @@ from ledger.errors import InvalidInput, NotFound, VerificationError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "Growth",
     "MemoryTree",
     "NodeKey",
     "NodeReader",
+    "TILE_HASHES",
+    "TILE_HEIGHT",
+    "TILE_WIDTH",
+    "TileKey",
     "TreeBuilder",
     "consistency_proof",
     "consistency_proof_keys",
+    "complete_tiles",
     "fold_root",
     "inclusion_proof",
     "inclusion_proof_keys",
     "leaf_hash",
     "node_hash",
+    "pair_hashes",
     "root_node_keys",
+    "tile_of",
     "tree_root",
     "verify_consistency",
     "verify_inclusion",
@@ -441,3 +449,148 @@ class MemoryTree:
     def root(self) -> bytes:
         """Current MTH (EMPTY_ROOT when empty)."""
         return self._builder.root()
+
+
+# --- storage as tiles ------------------------------------------------------------------
+#
+# A log stores each node of its tree once it exists. Row by row that is two rows per
+# entry, and inserting them was a third of a bulk import's database work; so nodes are
+# stored in *tiles*, as C2SP tlog-tiles groups them. Tile (L, N) holds the nodes of tree
+# levels 8L … 8L+7 below it: 256 hashes of level 8L (indices 256N … 256N+255), then the
+# 128 of level 8L+1 above them, and so on up to the 2 of level 8L+7, 510 hashes in all.
+# A tile is written by the append that completes it; until then its nodes are stored
+# one by one (so a tile's first nodes can be in both places: they are the same hashes).
+
+TILE_HEIGHT = 8
+TILE_WIDTH = 1 << TILE_HEIGHT
+# Where each level of a tile starts, in hashes: 0, 256, 384, … 508; then the total, 510.
+_TILE_OFFSETS = tuple(sum(TILE_WIDTH >> below for below in range(sub)) for sub in range(9))
+TILE_HASHES = _TILE_OFFSETS[TILE_HEIGHT]
+TILE_BYTES = TILE_HASHES * HASH_SIZE
+
+TileKey: TypeAlias = tuple[int, int]
+"""``(tile level, index)``: tile level L holds tree levels 8L … 8L+7."""
+
+
+def tile_of(key: NodeKey) -> tuple[TileKey, int]:
+    """The tile holding node `key`, and the node's offset in it (in bytes)."""
+    level, index = key
+    tile_level, sub = divmod(level, TILE_HEIGHT)
+    tile_index, position = divmod(index, TILE_WIDTH >> sub)
+    return (tile_level, tile_index), (_TILE_OFFSETS[sub] + position) * HASH_SIZE
+
+
+def complete_tiles(size: int, tile_level: int) -> int:
+    """How many tiles of `tile_level` a tree of `size` leaves has completed."""
+    return size >> (TILE_HEIGHT * (tile_level + 1))
+
+
+def pair_hashes(below: bytes | bytearray | memoryview, start: int, stop: int) -> bytes:
+    """The parents of node pairs `start` … `stop`-1 of one level, packed."""
+    sha256 = _sha256
+    width = 2 * HASH_SIZE
+    pairs = memoryview(below)  # slices without copies
+    return b"".join(
+        [
+            sha256(_NODE_PREFIX + pairs[offset : offset + width]).digest()
+            for offset in range(start * width, stop * width, width)
+        ]
+    )
+
+
+NodeRange: TypeAlias = tuple[int, int, int]
+"""``(level, first index, end index)``: nodes of one level, end excluded."""
+
+
+class Growth:
+    """What appending leaves to a tree adds: every new node, the new frontier and root.
+
+    `levels[l]` holds the new nodes of level l, packed: indices ``old >> l`` up to
+    ``size >> l``. Hashing level by level, one tight loop each, is a third of the
+    cost of climbing the frontier once per leaf (`TreeBuilder`).
+    """
+
+    __slots__ = ("frontier", "levels", "old", "root", "size")
+
+    def __init__(self, old: int, frontier: Sequence[bytes], leaves: bytes) -> None:
+        if len(leaves) % HASH_SIZE:
+            raise InvalidInput(f"leaf hashes come in {HASH_SIZE}-byte units", field="leaves")
+        TreeBuilder(old, frontier)  # checks the frontier's shape
+        size = old + len(leaves) // HASH_SIZE
+        keys = root_node_keys(old)
+        old_at = {level: node for (level, _), node in zip(keys, frontier, strict=True)}
+        levels: list[bytes] = []
+        new = leaves
+        level = 0
+        while new:
+            levels.append(new)
+            # The first parent's left child is the old frontier node when this level's
+            # old width is odd.
+            below = old_at[level] + new if (old >> level) & 1 else new
+            new = pair_hashes(below, 0, (size >> (level + 1)) - (old >> (level + 1)))
+            level += 1
+        self.old = old
+        self.size = size
+        self.levels = levels
+        self.frontier = tuple(
+            self.node(level, index) if index >= old >> level else old_at[level]
+            for level, index in root_node_keys(size)
+        )
+        self.root = fold_root(self.frontier)
+
+    def node(self, level: int, index: int) -> bytes:
+        """A new node (`index` at least ``old >> level``)."""
+        offset = (index - (self.old >> level)) * HASH_SIZE
+        return self.levels[level][offset : offset + HASH_SIZE]
+
+    def completed_edge(self) -> list[NodeRange]:
+        """The old nodes the tiles this growth completes hold: the caller reads them
+        from where they are stored one by one (`stored`)."""
+        ranges = []
+        for tile_level in range((len(self.levels) + TILE_HEIGHT - 1) // TILE_HEIGHT):
+            first = complete_tiles(self.old, tile_level)
+            if complete_tiles(self.size, tile_level) == first:
+                continue
+            for sub in range(TILE_HEIGHT):
+                level = tile_level * TILE_HEIGHT + sub
+                start, end = first * (TILE_WIDTH >> sub), self.old >> level
+                if start < end:
+                    ranges.append((level, start, end))
+        return ranges
+
+    def stored(
+        self, edge: Mapping[NodeKey, bytes]
+    ) -> tuple[list[tuple[int, int, bytes]], list[tuple[int, int, bytes]]]:
+        """What to store: the tiles completed, as (tile level, index, hashes), and the
+        new nodes of tiles still incomplete, as (level, index, hash). `edge` holds the
+        nodes `completed_edge` names."""
+        tiles: list[tuple[int, int, bytes]] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        for level in range(len(self.levels)):
+            tile_level, sub = divmod(level, TILE_HEIGHT)
+            width = TILE_WIDTH >> sub
+            # New nodes from the first index of an incomplete tile on are stored alone.
+            alone = max(self.old >> level, complete_tiles(self.size, tile_level) * width)
+            nodes.extend(
+                (level, index, self.node(level, index))
+                for index in range(alone, self.size >> level)
+            )
+        for tile_level in range((len(self.levels) + TILE_HEIGHT - 1) // TILE_HEIGHT):
+            for index in range(
+                complete_tiles(self.old, tile_level), complete_tiles(self.size, tile_level)
+            ):
+                tiles.append((tile_level, index, self._tile(tile_level, index, edge)))
+        return tiles, nodes
+
+    def _tile(self, tile_level: int, index: int, edge: Mapping[NodeKey, bytes]) -> bytes:
+        parts: list[bytes] = []
+        for sub in range(TILE_HEIGHT):
+            level = tile_level * TILE_HEIGHT + sub
+            width = TILE_WIDTH >> sub
+            start, end = index * width, (index + 1) * width
+            first_new = max(start, self.old >> level)
+            parts.extend(edge[level, old] for old in range(start, first_new))
+            base = self.old >> level
+            new = self.levels[level]
+            parts.append(new[(first_new - base) * HASH_SIZE : (end - base) * HASH_SIZE])
+        return b"".join(parts)

@@ -1,7 +1,7 @@
 """The ledger's tables.
 
 Three kinds of table, with different rules:
-- the log itself (`log_entries`, `merkle_nodes`, `checkpoints`): append-only,
+- the log itself (`log_entries`, `merkle_tiles`, `merkle_nodes`, `checkpoints`): append-only,
   enforced by database triggers; everything else can be rebuilt from it;
 - projections (`subject_versions`, `consent_decisions`, `policy_versions`):
   derived from the log in the same transaction as each append, so that
@@ -46,6 +46,16 @@ class MerkleNode(SQLModel, table=True):
     level: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
     idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class MerkleTile(SQLModel, table=True):
+    """Tree levels 8·level … 8·level+7 below one node, packed (see `ledger.merkle`)."""
+
+    __tablename__ = "merkle_tiles"
+
+    level: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hashes: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class CheckpointRow(SQLModel, table=True):
@@ -110,7 +120,7 @@ class PolicyVersion(SQLModel, table=True):
     document: str = Field(sa_column=Column(Text, nullable=False))
 
 
-APPEND_ONLY_TABLES = ("log_entries", "merkle_nodes", "checkpoints")
+APPEND_ONLY_TABLES = ("log_entries", "merkle_nodes", "merkle_tiles", "checkpoints")
 
 
 class ImportProgress(SQLModel, table=True):

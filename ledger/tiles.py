@@ -1,7 +1,8 @@
 """C2SP tlog-tiles: the log served as immutable, cacheable tiles.
 
 A tile at level L and index N holds the hashes of Merkle level 8·L, indices
-256·N … 256·N+W−1 — exactly rows of `merkle_nodes` — and an entry bundle holds
+256·N … 256·N+W−1 — the first hashes of the store's own tile (L, N) once that is
+complete, else rows of `merkle_nodes` — and an entry bundle holds
 the canonical bytes of entries 256·N … 256·N+W−1, each prefixed with its
 length as a big-endian uint16.
 """
@@ -18,10 +19,9 @@ from sqlmodel import col
 
 from ledger import log
 from ledger.errors import InvalidInput, NotFound
-from ledger.schema import LogEntryRow, MerkleNode
+from ledger.merkle import HASH_SIZE, TILE_HEIGHT, TILE_WIDTH
+from ledger.schema import LogEntryRow, MerkleNode, MerkleTile
 
-TILE_HEIGHT = 8
-TILE_WIDTH = 1 << TILE_HEIGHT
 _SEGMENT = re.compile(r"^x\d{3}$")
 _LAST = re.compile(r"^\d{3}$")
 
@@ -81,6 +81,11 @@ def read_tile(session: Session, address: TileAddress) -> bytes:
         for canonical in rows:
             bundle += struct.pack(">H", len(canonical)) + canonical
         return bytes(bundle)
+    # A complete tile of the store holds this one's hashes first (a partial tile is
+    # their prefix); the nodes of tiles not yet complete are stored one by one.
+    stored = session.get(MerkleTile, (address.level, address.index))
+    if stored is not None:
+        return stored.hashes[: address.width * HASH_SIZE]
     rows = session.execute(
         select(col(MerkleNode.hash))
         .where(

@@ -32,7 +32,7 @@ reading.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -440,7 +440,7 @@ class _Verifier:
             done = len(above) // merkle.HASH_SIZE
             if done == pairs:
                 return
-            above += _pair_hashes(below, done, pairs)
+            above += merkle.pair_hashes(below, done, pairs)
             level += 1
 
     def _root(self, size: int) -> bytes:
@@ -455,32 +455,13 @@ class _Verifier:
     # 4. tree nodes -------------------------------------------------------------------------
 
     def _check_nodes(self) -> None:
-        size = merkle.HASH_SIZE
+        """Every node of the recomputed tree is stored, in a complete tile or alone (or
+        both: a tile's first nodes were stored alone before it was complete), with the
+        same hash; nothing else is stored."""
         levels = [level for level in self.levels if level]
+        tiles = self._check_tiles(levels)
         for level, hashes in enumerate(levels):
-            count = len(hashes) // size
-            # (level, idx) is the primary key: with count, lowest and highest
-            # right, the indexes are exactly 0..count-1, and the hashes can be
-            # read alone, in index order.
-            placed = self.conn.exec_driver_sql(
-                f"SELECT COUNT(*), MIN(idx), MAX(idx) FROM merkle_nodes WHERE level = {level}"
-            ).one()
-            if tuple(placed) != (count, 0, count - 1):
-                self._name_bad_node(level, hashes)
-            view = memoryview(hashes)
-            done = 0
-            with _OrderedRows(
-                self.conn, f"SELECT hash FROM merkle_nodes WHERE level = {level} ORDER BY idx"
-            ) as rows:
-                for batch in rows.batches():
-                    stored = list(map(_first, batch))
-                    stop = done + len(stored)
-                    if (
-                        set(map(len, stored)) != {size}
-                        or b"".join(stored) != view[done * size : stop * size]
-                    ):
-                        self._name_bad_node(level, hashes)
-                    done = stop
+            self._check_level(level, hashes, tiles.get(level // merkle.TILE_HEIGHT, []))
         for level, index in self.conn.exec_driver_sql(
             f"SELECT level, idx FROM merkle_nodes WHERE level >= {len(levels)} OR level < 0 LIMIT 1"
         ):
@@ -489,31 +470,89 @@ class _Verifier:
                 subject=f"merkle node {level}/{index}",
             )
 
-    def _name_bad_node(self, level: int, hashes: bytearray) -> None:
-        """Raise for the first stored node of `level` that is out of place or wrong."""
+    def _check_tiles(self, levels: list[bytearray]) -> dict[int, list[int]]:
+        """Check each stored tile against the recomputed tree; the indexes of the tiles
+        of each tile level, in order."""
+        found: dict[int, list[int]] = {}
+        with _OrderedRows(
+            self.conn, "SELECT level, idx, hashes FROM merkle_tiles ORDER BY level, idx"
+        ) as rows:
+            for batch in rows.batches():
+                for tile_level, index, stored in batch:
+                    where = f"merkle tile {tile_level}/{index}"
+                    expected = _tile(levels, tile_level, index)
+                    if expected is None:
+                        raise VerificationError(
+                            "is extra: the entries do not complete this tile", subject=where
+                        )
+                    if stored != expected:
+                        span = 1 << (merkle.TILE_HEIGHT * (tile_level + 1))
+                        raise VerificationError(
+                            "does not match the entries it covers: entry bytes or tree nodes "
+                            f"were changed in entries {index * span}..{(index + 1) * span - 1}",
+                            subject=where,
+                        )
+                    found.setdefault(tile_level, []).append(index)
+        return found
+
+    def _check_level(self, level: int, hashes: bytearray, tiles: list[int]) -> None:
+        """The nodes of `level` stored alone match, and with those in `tiles` are all of them."""
         size = merkle.HASH_SIZE
         count = len(hashes) // size
-        expected_index = 0
+        width = merkle.TILE_WIDTH >> (level % merkle.TILE_HEIGHT)
+        view = memoryview(hashes)
+        alone = 0
         with _OrderedRows(
             self.conn, f"SELECT idx, hash FROM merkle_nodes WHERE level = {level} ORDER BY idx"
         ) as rows:
             for batch in rows.batches():
-                for index, stored in batch:
+                first, last = batch[0][0], batch[-1][0]
+                stored = list(map(itemgetter(1), batch))
+                # (level, idx) is the primary key: a run of consecutive indexes in
+                # range can be compared in one go.
+                if (
+                    0 <= first
+                    and last < count
+                    and last - first + 1 == len(batch)
+                    and set(map(len, stored)) == {size}
+                    and b"".join(stored) == view[first * size : (last + 1) * size]
+                ):
+                    alone += len(batch) - _in_tiles(tiles, width, first, last + 1)
+                    continue
+                for index, node in batch:
                     where = f"merkle node {level}/{index}"
-                    if index != expected_index or index >= count:
+                    if not 0 <= index < count:
                         raise VerificationError(
                             "is missing or extra: the stored tree does not match the entries",
                             subject=where,
                         )
-                    if stored != hashes[index * size : (index + 1) * size]:
-                        first, last = index << level, ((index + 1) << level) - 1
+                    if node != hashes[index * size : (index + 1) * size]:
+                        first_entry, last_entry = index << level, ((index + 1) << level) - 1
                         raise VerificationError(
                             "does not match the entries it covers: entry bytes or tree nodes "
-                            f"were changed in entries {first}..{last}",
+                            f"were changed in entries {first_entry}..{last_entry}",
                             subject=where,
                         )
-                    expected_index += 1
-        raise VerificationError("is missing", subject=f"merkle node {level}/{expected_index}")
+                    alone += _in_tiles(tiles, width, index, index + 1) == 0
+        if alone != count - len(tiles) * width:
+            missing = self._first_missing(level, count, width, tiles)
+            raise VerificationError("is missing", subject=f"merkle node {level}/{missing}")
+
+    def _first_missing(self, level: int, count: int, width: int, tiles: list[int]) -> int:
+        in_tiles = set(tiles)
+        expected = (index for index in range(count) if index // width not in in_tiles)
+        with _OrderedRows(
+            self.conn, f"SELECT idx FROM merkle_nodes WHERE level = {level} ORDER BY idx"
+        ) as rows:
+            want = next(expected, None)
+            for batch in rows.batches():
+                for (index,) in batch:
+                    if want is not None and index > want:
+                        return want
+                    if index == want:
+                        want = next(expected, None)
+        assert want is not None, "called with a node missing"
+        return want
 
     # 5. subjects ---------------------------------------------------------------------------
 
@@ -773,14 +812,23 @@ def _described(columns: tuple[str, ...], rows: list[tuple[Any, ...]] | None) -> 
 _first = itemgetter(0)
 
 
-def _pair_hashes(below: bytearray, start: int, stop: int) -> bytes:
-    """The parents of node pairs start..stop-1 of one level (RFC 9162 interior nodes)."""
-    sha256 = hashlib.sha256
-    width = 2 * merkle.HASH_SIZE
-    pairs = memoryview(below)  # slices without copies
-    return b"".join(
-        [
-            sha256(b"\x01" + pairs[offset : offset + width]).digest()
-            for offset in range(start * width, stop * width, width)
-        ]
-    )
+def _tile(levels: Sequence[bytes | bytearray], tile_level: int, index: int) -> bytes | None:
+    """Tile (tile_level, index) of a tree given level by level, or None if incomplete."""
+    top = tile_level * merkle.TILE_HEIGHT + merkle.TILE_HEIGHT - 1
+    if index < 0 or top >= len(levels) or len(levels[top]) < (index + 1) * 2 * merkle.HASH_SIZE:
+        return None
+    parts = []
+    for sub in range(merkle.TILE_HEIGHT):
+        span = (merkle.TILE_WIDTH >> sub) * merkle.HASH_SIZE
+        level = levels[tile_level * merkle.TILE_HEIGHT + sub]
+        parts.append(level[index * span : (index + 1) * span])
+    return b"".join(parts)
+
+
+def _in_tiles(tiles: list[int], width: int, start: int, stop: int) -> int:
+    """How many of a level's nodes start … stop-1 lie in `tiles` (sorted indexes)."""
+    inside = 0
+    first, last = bisect_left(tiles, start // width), bisect_right(tiles, (stop - 1) // width)
+    for tile in tiles[first:last]:
+        inside += min(stop, (tile + 1) * width) - max(start, tile * width)
+    return inside

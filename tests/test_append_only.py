@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,12 +10,18 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from ledger.consents import DecisionRequest
-from ledger.schema import APPEND_ONLY_TABLES, CheckpointRow, LogEntryRow, MerkleNode
+from ledger.demo import write_csv
+from ledger.schema import APPEND_ONLY_TABLES, CheckpointRow, LogEntryRow, MerkleNode, MerkleTile
 from ledger.service import ConsentLedger
 from ledger.verify import verify_ledger
 
 ACTOR = "ops"
-MODELS = {"log_entries": LogEntryRow, "merkle_nodes": MerkleNode, "checkpoints": CheckpointRow}
+MODELS = {
+    "log_entries": LogEntryRow,
+    "merkle_nodes": MerkleNode,
+    "merkle_tiles": MerkleTile,
+    "checkpoints": CheckpointRow,
+}
 
 # Per table: an UPDATE of one row and of every row, and a DELETE of one row and of every
 # row (`DELETE FROM t` is SQLite's TRUNCATE).
@@ -30,6 +37,12 @@ STATEMENTS: dict[str, dict[str, str]] = {
         "UPDATE all": "UPDATE merkle_nodes SET idx = idx + 1000",
         "DELETE one": "DELETE FROM merkle_nodes WHERE level = 1 AND idx = 0",
         "DELETE all": "DELETE FROM merkle_nodes",
+    },
+    "merkle_tiles": {
+        "UPDATE one": "UPDATE merkle_tiles SET hashes = :forged WHERE level = 0 AND idx = 0",
+        "UPDATE all": "UPDATE merkle_tiles SET idx = idx + 1000",
+        "DELETE one": "DELETE FROM merkle_tiles WHERE level = 0 AND idx = 0",
+        "DELETE all": "DELETE FROM merkle_tiles",
     },
     "checkpoints": {
         "UPDATE one": "UPDATE checkpoints SET note = 'forged' WHERE tree_size = 2",
@@ -47,8 +60,10 @@ CASES = [
 
 
 @pytest.fixture
-def busy_ledger(ledger: ConsentLedger) -> ConsentLedger:
-    """A ledger with a few appends beyond genesis, so every table has several rows."""
+def busy_ledger(ledger: ConsentLedger, tmp_path: Path) -> ConsentLedger:
+    """A ledger with a few appends beyond genesis, so every table has several rows (an
+    import of 300 rows completes a tile)."""
+    ledger.import_file(write_csv(tmp_path / "consents.csv", 300), actor=ACTOR)
     ledger.register_subject("alice", jurisdiction="US", actor=ACTOR)
     ledger.record_consents(
         "alice",
