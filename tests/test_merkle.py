@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import random
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,12 @@ from ledger.errors import InvalidInput, NotFound, VerificationError
 from ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
+    TILE_HASHES,
+    Growth,
     MemoryTree,
     NodeKey,
     TreeBuilder,
+    complete_tiles,
     consistency_proof,
     consistency_proof_keys,
     fold_root,
@@ -34,6 +38,7 @@ from ledger.merkle import (
     leaf_hash,
     node_hash,
     root_node_keys,
+    tile_of,
     tree_root,
     verify_consistency,
     verify_inclusion,
@@ -647,3 +652,93 @@ def test_node_hash_is_prefixed_concatenation() -> None:
     assert node_hash(left, right) == hashlib.sha256(b"\x01" + left + right).digest()
     assert fold_root([left, right]) == node_hash(left, right)
     assert fold_root([left]) == left
+
+
+# --- storage as tiles ----------------------------------------------------------------------
+
+
+def grow_in_appends(sizes: Sequence[int], seed: int = 0) -> tuple[MemoryTree, dict[Any, bytes]]:
+    """Append leaves in appends of `sizes` through `Growth`, keeping what it says to store
+    (tiles and lone nodes) as a store would; and the same leaves in a `MemoryTree`."""
+    rng = random.Random(seed)
+    reference = MemoryTree()
+    alone: dict[tuple[int, int], bytes] = {}
+    tiles: dict[tuple[int, int], bytes] = {}
+    size, frontier = 0, ()
+    for count in sizes:
+        leaves = [rng.randbytes(32) for _ in range(count)]
+        for leaf in leaves:
+            reference.append(leaf)
+        growth = Growth(size, frontier, b"".join(leaves))
+        edge = {
+            (level, index): alone[level, index]
+            for level, start, end in growth.completed_edge()
+            for index in range(start, end)
+        }
+        new_tiles, nodes = growth.stored(edge)
+        for level, index, node in nodes:
+            assert (level, index) not in alone, "a node is stored alone once"
+            alone[level, index] = node
+        for tile_level, index, hashes in new_tiles:
+            assert (tile_level, index) not in tiles, "a tile is written once"
+            assert len(hashes) == TILE_HASHES * 32
+            tiles[tile_level, index] = hashes
+        assert growth.root == reference.root()
+        assert list(growth.frontier) == [
+            reference.read_nodes([key])[key] for key in root_node_keys(growth.size)
+        ]
+        size, frontier = growth.size, growth.frontier
+    return reference, {"alone": alone, "tiles": tiles}
+
+
+def assert_stored_exactly(reference: MemoryTree, store: dict[Any, Any]) -> None:
+    """Every node of `reference` is in a complete tile or stored alone, and matches."""
+    size = reference.size
+    level = 0
+    while size >> level:
+        for index in range(size >> level):
+            expected = reference.read_nodes([(level, index)])[(level, index)]
+            (tile, offset) = tile_of((level, index))
+            if tile in store["tiles"]:
+                assert store["tiles"][tile][offset : offset + 32] == expected
+                assert complete_tiles(size, tile[0]) > tile[1]
+            else:
+                assert store["alone"][level, index] == expected, (level, index)
+        level += 1
+    for tile_level, index in store["tiles"]:
+        assert index < complete_tiles(size, tile_level)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=12))
+def test_growth_stores_every_node_once_in_a_tile_or_alone(sizes: list[int]) -> None:
+    reference, store = grow_in_appends(sizes)
+    assert_stored_exactly(reference, store)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        pytest.param([1] * 600, id="one-leaf-appends"),
+        pytest.param([255, 1, 65_280, 3, 1_000], id="tiles-of-level-1"),
+        pytest.param([70_000], id="one-big-append"),
+    ],
+)
+def test_growth_across_tile_boundaries(sizes: list[int]) -> None:
+    reference, store = grow_in_appends(sizes)
+    assert_stored_exactly(reference, store)
+    if sum(sizes) > 65_536:
+        assert (1, 0) in store["tiles"]
+
+
+def test_a_tile_holds_its_levels_bottom_up() -> None:
+    assert tile_of((0, 0)) == ((0, 0), 0)
+    assert tile_of((0, 257)) == ((0, 1), 32)
+    assert tile_of((1, 0)) == ((0, 0), 256 * 32)
+    assert tile_of((7, 3)) == ((0, 1), 509 * 32)
+    assert tile_of((8, 0)) == ((1, 0), 0)
+
+
+def test_growth_refuses_a_ragged_leaf_string() -> None:
+    with pytest.raises(InvalidInput, match="32-byte units"):
+        Growth(0, (), b"\x00" * 33)

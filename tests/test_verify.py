@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import Engine, select, text
 from ledger import merkle
 from ledger.consents import DecisionRequest
 from ledger.db import write_session
+from ledger.demo import write_csv
 from ledger.errors import VerificationError
 from ledger.keys import SigningKey
 from ledger.log import LogWriter
@@ -869,3 +871,58 @@ def test_tamper_restores_the_append_only_triggers(history: History) -> None:
     with pytest.raises(Exception, match="append-only"), history.engine.begin() as connection:
         connection.execute(text("DELETE FROM merkle_nodes"))
     verify_ledger(history.engine)
+
+
+# --- the tree stored in tiles ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tiled(ledger: ConsentLedger, tmp_path: Path) -> Engine:
+    """A ledger whose import completed three tiles of level 0 (entries 0..767)."""
+    summary = ledger.import_file(write_csv(tmp_path / "consents.csv", 700), actor=ACTOR)
+    assert summary.tree_size >= 3 * merkle.TILE_WIDTH
+    return ledger.engine
+
+
+def test_a_log_stored_in_tiles_verifies(tiled: Engine) -> None:
+    with tiled.connect() as connection:
+        tiles = connection.execute(text("SELECT COUNT(*) FROM merkle_tiles")).scalar()
+    assert tiles == 3
+    verify_ledger(tiled)
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        pytest.param(
+            "UPDATE merkle_tiles SET hashes = :forged_tile WHERE level = 0 AND idx = 1",
+            r"^merkle tile 0/1: does not match the entries it covers: .* entries 256\.\.511",
+            id="tile-changed",
+        ),
+        pytest.param(
+            "UPDATE merkle_tiles SET hashes = :short WHERE level = 0 AND idx = 0",
+            r"^merkle tile 0/0: does not match the entries it covers",
+            id="tile-truncated",
+        ),
+        pytest.param(
+            "DELETE FROM merkle_tiles WHERE level = 0 AND idx = 2",
+            r"^merkle node 0/\d+: is missing",
+            id="tile-deleted",
+        ),
+        pytest.param(
+            "INSERT INTO merkle_tiles (level, idx, hashes) VALUES (0, 40, :forged_tile)",
+            r"^merkle tile 0/40: is extra",
+            id="tile-added",
+        ),
+        pytest.param(
+            "INSERT INTO merkle_tiles (level, idx, hashes) VALUES (1, 0, :forged_tile)",
+            r"^merkle tile 1/0: is extra",
+            id="tile-added-above",
+        ),
+    ],
+)
+def test_tampered_merkle_tiles_are_named(tiled: Engine, sql: str, message: str) -> None:
+    tamper(tiled, sql, {"forged_tile": b"\x42" * merkle.TILE_HASHES * 32, "short": b"\x42" * 31})
+
+    with pytest.raises(VerificationError, match=message):
+        verify_ledger(tiled)
