@@ -83,6 +83,9 @@ def open_ledger() -> Iterator[ConsentLedger]:
     settings = load_settings()
     ledger = ConsentLedger(settings)
     try:
+        # A database made by an older release gains this one's tables first (every
+        # migration only adds), instead of failing on the first missing table.
+        ledger.upgrade_if_behind()
         yield ledger
     finally:
         ledger.close()

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -998,6 +999,8 @@ class _WriterProcess:
         assert self._process.stdout is not None
         self._to_child: IO[bytes] = self._process.stdin
         self._from_child: IO[bytes] = self._process.stdout
+        self._sending: threading.Thread | None = None
+        self._broken = False
         self._put(engine.url.render_as_string(hide_password=False))
 
     @staticmethod
@@ -1011,6 +1014,10 @@ class _WriterProcess:
 
     def __exit__(self, *_exc: object) -> None:
         self._spool.close()
+        try:
+            self._sent()
+        except ImportWriteFailed:
+            pass
         # Closing its stdin tells the child to stop; a batch it is writing still lands.
         try:
             self._to_child.close()
@@ -1024,11 +1031,23 @@ class _WriterProcess:
         self._from_child.close()
 
     def _put(self, message: object) -> None:
+        self._sent()
+        self._write(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _write(self, data: bytes) -> None:
         try:
-            pickle.dump(message, self._to_child, protocol=pickle.HIGHEST_PROTOCOL)
+            self._to_child.write(data)
             self._to_child.flush()
         except BrokenPipeError:
-            raise self._stopped() from None
+            self._broken = True
+
+    def _sent(self) -> None:
+        """Wait for the message being sent, if any; raise if the child stopped."""
+        if self._sending is not None:
+            self._sending.join()
+            self._sending = None
+        if self._broken:
+            raise self._stopped()
 
     def validate(self, context: ImportContext, path: Path, part: FilePart) -> _Spool:
         """Have the child validate the `part` of `path` that starts there, meanwhile; its
@@ -1045,7 +1064,12 @@ class _WriterProcess:
         return errors, int(rows)
 
     def send(self, prepared: _PreparedBatch) -> None:
-        self._put(("write", prepared))
+        """Send a batch; this process goes on while the child reads it (a batch is
+        megabytes, and the pipe holds 64 KB)."""
+        self._sent()
+        data = pickle.dumps(("write", prepared), protocol=pickle.HIGHEST_PROTOCOL)
+        self._sending = threading.Thread(target=self._write, args=(data,), daemon=True)
+        self._sending.start()
 
     def result(self) -> int | None:
         """The tree size after the batch sent last, or None if the head had moved."""
@@ -1053,6 +1077,7 @@ class _WriterProcess:
         return size
 
     def _reply(self) -> Any:
+        self._sent()
         try:
             kind, value = pickle.load(self._from_child)
         except EOFError:

@@ -50,7 +50,7 @@ from ledger.importer import (
 )
 from ledger.keys import KeyStore, SigningKey
 from ledger.log import LogEntry, LogWriter, SealedAppend
-from ledger.migrate import upgrade_schema
+from ledger.migrate import upgrade_if_behind, upgrade_schema
 from ledger.notes import VerifierKey, validate_origin
 from ledger.policy import Policy, default_policy
 from ledger.projection import Projector, SubjectRow
@@ -374,6 +374,10 @@ class ConsentLedger:
 
     def upgrade(self) -> None:
         upgrade_schema(self.engine)
+
+    def upgrade_if_behind(self) -> bool:
+        """Migrate a database made by an older release (True if it was behind)."""
+        return upgrade_if_behind(self.engine)
 
     # --- keys ----------------------------------------------------------------------------
 
