@@ -911,7 +911,8 @@ def _write_pipelined(
     progress: Progress | None,
     writer: _WriterProcess,
 ) -> None:
-    """Prepare each batch while a writer process commits the one before.
+    """Prepare each batch while a writer process commits the one before (and send it
+    before that one's answer comes).
 
     Each batch is built on the head the previous one will leave, and on what the
     database and the batch in flight say of its subjects. The writer commits it only
@@ -932,15 +933,21 @@ def _write_pipelined(
         prepared, next_head = _prepare_batch(
             context, import_id, batch, head, known, entries_before, session=None
         )
+        # Sent before the answer for the batch in flight, so that the writer has it the
+        # moment it is done with that one.
+        writer.send(prepared)
         if in_flight is not None and not _finish(writer, in_flight, summary, progress):
-            # The head moved: build both again, under the lock, and start afresh.
+            # The head moved. This batch, built on the one refused, is refused too (the
+            # writer checks this import's progress): build both again, under the lock,
+            # and start afresh.
+            if writer.result() is not None:
+                raise ImportWriteFailed("the writer process wrote a batch out of order")
             for stale in (in_flight[0], batch):
                 _write_batch(context, import_id, stale, summary)
                 if progress:
                     progress(stale.end)
             in_flight, head, overlay = None, None, ({}, {})
             continue
-        writer.send(prepared)
         in_flight, head, overlay = (batch, prepared), next_head, known
     if in_flight is not None and not _finish(writer, in_flight, summary, progress):
         _write_batch(context, import_id, in_flight[0], summary)
