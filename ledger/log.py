@@ -121,9 +121,9 @@ class PreparedAppend:
     tree_size: int
     root: bytes
     checkpoint: str
-    # Without nodes and tiles in `tables`: the entries' leaf hashes, one after another,
-    # from which `write_prepared` derives them.
-    leaves: bytes | None = None
+    # Without nodes and tiles in `tables`: the tree's new nodes, level by level
+    # (`merkle.Growth.levels`), from which `write_prepared` stores them.
+    levels: tuple[bytes, ...] | None = None
 
 
 def read_head(session: Session) -> LogHead:
@@ -144,8 +144,8 @@ def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     """Write a prepared append in the caller's write transaction (it holds the write lock
     and has checked that the log's head is still `prepared.base`)."""
     tables = list(prepared.tables)
-    if prepared.leaves is not None:
-        tables[1:1] = _derive_tree(session, prepared, prepared.leaves)
+    if prepared.levels is not None:
+        tables[1:1] = _derive_tree(session, prepared, prepared.levels)
     for table, columns, rows in tables:
         bulk_insert(session, table, columns, rows)
     session.execute(
@@ -158,11 +158,18 @@ def write_prepared(session: Session, prepared: PreparedAppend) -> None:
     )
 
 
-def _derive_tree(session: Session, prepared: PreparedAppend, leaves: bytes) -> list[TableRows]:
-    """The tiles and nodes of a prepared append, from its leaf hashes, checked against
-    the root its checkpoint signs: what is written is what was signed."""
+def _derive_tree(
+    session: Session, prepared: PreparedAppend, levels: Sequence[bytes]
+) -> list[TableRows]:
+    """The tiles and nodes of a prepared append, from its new nodes. The right edge they
+    leave must give the root its checkpoint signs, which the next append builds on;
+    the nodes within are not hashed again here (that would cost the writer as much
+    as it cost the preparer), `verify` rebuilds them all from the entries."""
     base = prepared.base
-    growth = merkle.Growth(base.size, base.frontier, leaves)
+    try:
+        growth = merkle.Growth.from_levels(base.size, base.frontier, levels)
+    except InvalidInput as exc:
+        raise VerificationError(f"the prepared tree is malformed: {exc}") from None
     if growth.size != prepared.tree_size or growth.root != prepared.root:
         raise VerificationError(
             f"the entries prepared for tree size {prepared.tree_size} do not give the root "
@@ -366,9 +373,9 @@ class LogWriter:
         base = self._base
         growth = self._growth()
         tables: list[TableRows] = [(ENTRY_TABLE, ENTRY_COLUMNS, cast(Rows, self._rows))]
-        leaves = None
+        levels = None
         if not self._keep_nodes:
-            leaves = b"".join(self._leaves)
+            levels = tuple(growth.levels)
         else:
             assert self.session is not None, "without a session, leave the nodes to the writer"
             tables += _tree_tables(self.session, growth)
@@ -386,7 +393,7 @@ class LogWriter:
             tree_size=growth.size,
             root=growth.root,
             checkpoint=note,
-            leaves=leaves,
+            levels=levels,
         )
 
 

@@ -498,6 +498,12 @@ def pair_hashes(below: bytes | bytearray | memoryview, start: int, stop: int) ->
     )
 
 
+def _frontier_levels(size: int, frontier: Sequence[bytes]) -> dict[int, bytes]:
+    TreeBuilder(size, frontier)  # checks the frontier's shape
+    keys = root_node_keys(size)
+    return {level: node for (level, _), node in zip(keys, frontier, strict=True)}
+
+
 NodeRange: TypeAlias = tuple[int, int, int]
 """``(level, first index, end index)``: nodes of one level, end excluded."""
 
@@ -515,10 +521,8 @@ class Growth:
     def __init__(self, old: int, frontier: Sequence[bytes], leaves: bytes) -> None:
         if len(leaves) % HASH_SIZE:
             raise InvalidInput(f"leaf hashes come in {HASH_SIZE}-byte units", field="leaves")
-        TreeBuilder(old, frontier)  # checks the frontier's shape
+        old_at = _frontier_levels(old, frontier)
         size = old + len(leaves) // HASH_SIZE
-        keys = root_node_keys(old)
-        old_at = {level: node for (level, _), node in zip(keys, frontier, strict=True)}
         levels: list[bytes] = []
         new = leaves
         level = 0
@@ -529,6 +533,25 @@ class Growth:
             below = old_at[level] + new if (old >> level) & 1 else new
             new = pair_hashes(below, 0, (size >> (level + 1)) - (old >> (level + 1)))
             level += 1
+        self._set(old, size, levels, old_at)
+
+    @classmethod
+    def from_levels(cls, old: int, frontier: Sequence[bytes], levels: Sequence[bytes]) -> Growth:
+        """The growth whose new nodes are `levels` (as `levels` of another), hashing
+        nothing but its root: the caller knows that only the new right edge, which the
+        root covers, is checked."""
+        old_at = _frontier_levels(old, frontier)
+        size = old + (len(levels[0]) // HASH_SIZE if levels else 0)
+        for level, new in enumerate(levels):
+            if len(new) != ((size >> level) - (old >> level)) * HASH_SIZE:
+                raise InvalidInput(f"wrong number of new nodes in level {level}", field="levels")
+        if size >> len(levels) != old >> len(levels):
+            raise InvalidInput("levels are missing at the top", field="levels")
+        growth = cls.__new__(cls)
+        growth._set(old, size, list(levels), old_at)
+        return growth
+
+    def _set(self, old: int, size: int, levels: list[bytes], old_at: dict[int, bytes]) -> None:
         self.old = old
         self.size = size
         self.levels = levels

@@ -35,6 +35,7 @@ import rfc8785
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
+from ledger import merkle
 from ledger.db import read_session, write_session
 from ledger.demo import generate_rows, write_csv, write_jsonl
 from ledger.errors import InvalidInput, VerificationError
@@ -521,11 +522,11 @@ def test_a_writer_process_that_dies_fails_the_import_clearly_and_it_resumes(
     assert_import_landed(ledger, rows, before)
 
 
-def test_a_prepared_batch_whose_leaves_do_not_give_its_signed_root_is_refused(
+def test_a_prepared_batch_whose_tree_does_not_give_its_signed_root_is_refused(
     ledger: ConsentLedger,
 ) -> None:
-    # The writer process derives the Merkle nodes from the leaf hashes it was sent and
-    # writes nothing unless they give the root the batch's checkpoint signs.
+    # The writer process stores the tree's new nodes it was sent, and writes nothing
+    # unless the right edge they leave gives the root the batch's checkpoint signs.
     before = snapshot(ledger)
     with read_session(ledger.engine) as session:
         head = read_head(session)
@@ -536,16 +537,25 @@ def test_a_prepared_batch_whose_leaves_do_not_give_its_signed_root_is_refused(
             {"subject": f"{number:032x}", "commitment": "c", "jurisdiction": None, "minor": False},
         )
     prepared = writer.prepare([ledger.signing_key()], Projector().project)
-    assert prepared.leaves is not None
-    assert len(prepared.leaves) == 3 * 32
-    altered = bytearray(prepared.leaves)
-    altered[40] ^= 1
-    forged = dataclasses.replace(prepared, leaves=bytes(altered))
+    assert prepared.levels is not None
+    assert len(prepared.levels[0]) == 3 * 32
+    # A node of the new right edge, changed.
+    level, index = next(
+        (level, index)
+        for level, index in merkle.root_node_keys(prepared.tree_size)
+        if index >= head.size >> level
+    )
+    levels = [bytearray(nodes) for nodes in prepared.levels]
+    levels[level][(index - (head.size >> level)) * 32] ^= 1
+    changed = dataclasses.replace(prepared, levels=tuple(map(bytes, levels)))
+    # A level cut short by a byte.
+    short = dataclasses.replace(prepared, levels=(prepared.levels[0][:-1], *prepared.levels[1:]))
 
-    with pytest.raises(VerificationError, match="do not give the root"):
-        with write_session(ledger.engine) as session:
-            write_prepared(session, forged)
-    assert snapshot(ledger) == before
+    for forged, message in ((changed, "do not give the root"), (short, "malformed")):
+        with pytest.raises(VerificationError, match=message):
+            with write_session(ledger.engine) as session:
+                write_prepared(session, forged)
+        assert snapshot(ledger) == before
     with write_session(ledger.engine) as session:
         write_prepared(session, prepared)
     assert ledger.tree_size() == before.tree_size + 3

@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.script import ScriptDirectory
 
+from ledger.db import SQLITE_PAGE_SIZE
 from ledger.demo import write_csv
 from ledger.migrate import HEAD_REVISION, alembic_config, schema_revision
 from ledger.service import ConsentLedger
@@ -34,3 +35,11 @@ def test_a_database_from_before_merkle_tiles_is_upgraded_and_keeps_verifying(
     # upgrade, and the import's.
     ledger.import_file(write_csv(tmp_path / "consents.csv", 300), actor="ops")
     verify_ledger(ledger.engine)
+
+
+def test_a_new_sqlite_database_has_16_kb_pages_and_a_wal(ledger: ConsentLedger) -> None:
+    if ledger.engine.dialect.name != "sqlite":
+        return
+    with ledger.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA page_size").scalar() == SQLITE_PAGE_SIZE
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
