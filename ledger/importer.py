@@ -22,11 +22,13 @@ import hashlib
 import itertools
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -786,6 +788,10 @@ class _PreparedBatch:
     # This import's entries once the batch has landed (recorded in its progress row).
     entries_written: int
 
+    @property
+    def appended(self) -> bool:
+        return self.append is not None
+
 
 SubjectsKnown = tuple[dict[str, str], dict[str, SubjectRow]]
 V = TypeVar("V")
@@ -867,10 +873,10 @@ def _tune(session: Session) -> None:
         session.execute(text(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
 
 
-def _landed(summary: ImportSummary, prepared: _PreparedBatch, size: int) -> None:
-    summary.entries += prepared.entries
-    summary.batches += 1 if prepared.append is not None else 0
-    summary.imported_rows += prepared.rows
+def _landed(summary: ImportSummary, landed: _PreparedBatch | _Sent, size: int) -> None:
+    summary.entries += landed.entries
+    summary.batches += 1 if landed.appended else 0
+    summary.imported_rows += landed.rows
     summary.tree_size = size
 
 
@@ -903,6 +909,23 @@ def _write_batch(
     _landed(summary, prepared, size)
 
 
+# Batches sent to the writer and not yet answered, at most: one being written and one
+# waiting behind it, so that neither process waits for the other on every batch.
+IN_FLIGHT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A batch sent to the writer: what rebuilding it and counting it take."""
+
+    batch: _Batch
+    entries: int
+    rows: int
+    appended: bool
+    # What the batch says of its subjects once written (for the batches after it).
+    known: SubjectsKnown
+
+
 def _write_pipelined(
     context: ImportContext,
     import_id: str,
@@ -911,64 +934,76 @@ def _write_pipelined(
     progress: Progress | None,
     writer: _WriterProcess,
 ) -> None:
-    """Prepare each batch while a writer process commits the one before (and send it
-    before that one's answer comes).
+    """Prepare each batch while a writer process commits the ones before.
 
-    Each batch is built on the head the previous one will leave, and on what the
-    database and the batch in flight say of its subjects. The writer commits it only
-    if, under the write lock, the log's head and this import's progress are exactly
-    what it was built on; when anything else wrote in between, the batch in flight
-    and the one just prepared are built again here, under the lock.
+    Each batch is built on the head the batches in flight will leave, and on what
+    they and the database say of its subjects. The writer commits it only if, under
+    the write lock, the log's head and this import's progress are exactly what it was
+    built on; when anything else wrote in between, the batches in flight are built
+    again here, under the lock.
     """
-    engine = context.engine
-    in_flight: tuple[_Batch, _PreparedBatch] | None = None
+    in_flight: deque[_Sent] = deque()
     head: LogHead | None = None
-    overlay: SubjectsKnown = ({}, {})
     for batch in batches:
-        with read_session(engine) as session:
+        with read_session(context.engine) as session:
             if head is None:
                 head = read_head(session)
-            known = _load_batch_subjects(session, batch.rows, overlay)
-        entries_before = summary.entries + (in_flight[1].entries if in_flight else 0)
-        prepared, next_head = _prepare_batch(
+            known = _load_batch_subjects(session, batch.rows, _overlay(in_flight))
+        entries_before = summary.entries + sum(sent.entries for sent in in_flight)
+        prepared, head = _prepare_batch(
             context, import_id, batch, head, known, entries_before, session=None
         )
-        # Sent before the answer for the batch in flight, so that the writer has it the
-        # moment it is done with that one.
         writer.send(prepared)
-        if in_flight is not None and not _finish(writer, in_flight, summary, progress):
-            # The head moved. This batch, built on the one refused, is refused too (the
-            # writer checks this import's progress): build both again, under the lock,
-            # and start afresh.
-            if writer.result() is not None:
-                raise ImportWriteFailed("the writer process wrote a batch out of order")
-            for stale in (in_flight[0], batch):
-                _write_batch(context, import_id, stale, summary)
-                if progress:
-                    progress(stale.end)
-            in_flight, head, overlay = None, None, ({}, {})
-            continue
-        in_flight, head, overlay = (batch, prepared), next_head, known
-    if in_flight is not None and not _finish(writer, in_flight, summary, progress):
-        _write_batch(context, import_id, in_flight[0], summary)
-        if progress:
-            progress(in_flight[0].end)
+        in_flight.append(
+            _Sent(batch, prepared.entries, prepared.rows, prepared.append is not None, known)
+        )
+        if len(in_flight) > IN_FLIGHT and not _finish(
+            context, import_id, writer, in_flight, summary, progress
+        ):
+            head = None
+    while in_flight:
+        _finish(context, import_id, writer, in_flight, summary, progress)
+
+
+def _overlay(in_flight: deque[_Sent]) -> SubjectsKnown:
+    """What the batches in flight say of their subjects, the latest last."""
+    if len(in_flight) == 1:
+        return in_flight[0].known
+    mappings: dict[str, str] = {}
+    latest: dict[str, SubjectRow] = {}
+    for sent in in_flight:
+        mappings.update(sent.known[0])
+        latest.update(sent.known[1])
+    return mappings, latest
 
 
 def _finish(
+    context: ImportContext,
+    import_id: str,
     writer: _WriterProcess,
-    in_flight: tuple[_Batch, _PreparedBatch],
+    in_flight: deque[_Sent],
     summary: ImportSummary,
     progress: Progress | None,
 ) -> bool:
-    """Wait for the batch in flight; False if it was not written (the head had moved)."""
+    """Wait for the oldest batch in flight. If it was not written (the head had moved),
+    neither were those sent after it, built on it (the writer checks this import's
+    progress): build them all again, here, under the lock; False then."""
+    oldest = in_flight.popleft()
     size = writer.result()
-    if size is None:
-        return False
-    _landed(summary, in_flight[1], size)
-    if progress:
-        progress(in_flight[0].end)
-    return True
+    if size is not None:
+        _landed(summary, oldest, size)
+        if progress:
+            progress(oldest.batch.end)
+        return True
+    for _ in in_flight:
+        if writer.result() is not None:
+            raise ImportWriteFailed("the writer process wrote a batch out of order")
+    for sent in (oldest, *in_flight):
+        _write_batch(context, import_id, sent.batch, summary)
+        if progress:
+            progress(sent.batch.end)
+    in_flight.clear()
+    return False
 
 
 class ImportWriteFailed(LedgerError):
@@ -1006,8 +1041,12 @@ class _WriterProcess:
         assert self._process.stdout is not None
         self._to_child: IO[bytes] = self._process.stdin
         self._from_child: IO[bytes] = self._process.stdout
-        self._sending: threading.Thread | None = None
+        # Messages go out from a thread of their own, in order: a batch is megabytes
+        # and the pipe holds 64 KB, and this process goes on while the child reads.
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._broken = False
+        self._sender = threading.Thread(target=self._send_all, daemon=True)
+        self._sender.start()
         self._put(engine.url.render_as_string(hide_password=False))
 
     @staticmethod
@@ -1021,10 +1060,8 @@ class _WriterProcess:
 
     def __exit__(self, *_exc: object) -> None:
         self._spool.close()
-        try:
-            self._sent()
-        except ImportWriteFailed:
-            pass
+        self._outbox.put(None)
+        self._sender.join()
         # Closing its stdin tells the child to stop; a batch it is writing still lands.
         try:
             self._to_child.close()
@@ -1038,23 +1075,19 @@ class _WriterProcess:
         self._from_child.close()
 
     def _put(self, message: object) -> None:
-        self._sent()
-        self._write(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self._to_child.write(data)
-            self._to_child.flush()
-        except BrokenPipeError:
-            self._broken = True
-
-    def _sent(self) -> None:
-        """Wait for the message being sent, if any; raise if the child stopped."""
-        if self._sending is not None:
-            self._sending.join()
-            self._sending = None
         if self._broken:
             raise self._stopped()
+        self._outbox.put(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _send_all(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            if self._broken:
+                continue  # the child is gone: drop the rest
+            try:
+                self._to_child.write(data)
+                self._to_child.flush()
+            except (BrokenPipeError, ValueError):  # ValueError: stdin already closed
+                self._broken = True
 
     def validate(self, context: ImportContext, path: Path, part: FilePart) -> _Spool:
         """Have the child validate the `part` of `path` that starts there, meanwhile; its
@@ -1071,20 +1104,16 @@ class _WriterProcess:
         return errors, int(rows)
 
     def send(self, prepared: _PreparedBatch) -> None:
-        """Send a batch; this process goes on while the child reads it (a batch is
-        megabytes, and the pipe holds 64 KB)."""
-        self._sent()
-        data = pickle.dumps(("write", prepared), protocol=pickle.HIGHEST_PROTOCOL)
-        self._sending = threading.Thread(target=self._write, args=(data,), daemon=True)
-        self._sending.start()
+        """Queue a batch for the child; its answers come back in order (`result`)."""
+        self._put(("write", prepared))
 
     def result(self) -> int | None:
-        """The tree size after the batch sent last, or None if the head had moved."""
+        """The tree size after the oldest batch not yet answered, or None if it was
+        not written (the head had moved)."""
         size: int | None = self._reply()
         return size
 
     def _reply(self) -> Any:
-        self._sent()
         try:
             kind, value = pickle.load(self._from_child)
         except EOFError:
