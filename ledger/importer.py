@@ -57,10 +57,9 @@ from ledger.schema import (
     SubjectVersion,
 )
 from ledger.subjects import (
+    RandomPool,
     commitment,
     erased_id_hash,
-    new_salt,
-    new_subject_ref,
     validate_jurisdiction,
     validate_subject_id,
 )
@@ -823,8 +822,9 @@ def _prepare_batch(
     # versions before the batch.
     projector = Projector(dict(latest).get)
     new_mappings: list[tuple[str, str, bytes]] = []
+    randomness = RandomPool()  # one per batch: never shared between threads
     for row in batch.rows:
-        _append_row(writer, row, mappings, latest, new_mappings)
+        _append_row(writer, row, mappings, latest, new_mappings, randomness)
     append = None
     if writer.pending:
         append = writer.prepare([context.signer_for(writer.verifier_key)], projector.project)
@@ -1270,13 +1270,14 @@ def _append_row(
     mappings: dict[str, str],
     latest: dict[str, SubjectRow],
     new_mappings: list[tuple[str, str, bytes]],
+    randomness: RandomPool,
 ) -> None:
     """Append a spooled row's entries. Every value in it was validated in pass 1, so the
     entries are vetted (`canonical_bytes` needs no safety walk)."""
     line, subject_id, jurisdiction, jurisdiction_given, minor = row[1:6]
     ref = mappings.get(subject_id)
     if ref is None:
-        ref, salt = new_subject_ref(), new_salt()
+        ref, salt = randomness.ref_and_salt()
         mappings[subject_id] = ref
         new_mappings.append((subject_id, ref, salt))
         entry = writer.append(

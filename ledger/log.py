@@ -220,7 +220,7 @@ def read_node_ranges(
 # A projection hook: given the entries of one append, rows to insert into
 # derived tables ({table name: rows}). Supplied by the caller so that the log
 # knows nothing about consent.
-ProjectionHook = Callable[[Sequence[LogEntry]], Mapping[str, list[dict[str, Any]]]]
+ProjectionHook = Callable[[Sequence[LogEntry]], Sequence[TableRows]]
 
 
 @dataclass
@@ -339,10 +339,7 @@ class LogWriter:
             bulk_insert(self.session, table, columns, rows)
 
     def _projection_tables(self, project: ProjectionHook) -> list[TableRows]:
-        tables: list[TableRows] = []
-        for table, rows in project(self._pending[self._projected :]).items():
-            if rows:
-                tables.append((table, tuple(rows[0]), list(map(tuple, map(dict.values, rows)))))
+        tables = [table for table in project(self._pending[self._projected :]) if table[2]]
         self._projected = len(self._pending)
         return tables
 

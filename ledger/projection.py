@@ -15,7 +15,27 @@ from ledger.canonical import canonical_bytes
 from ledger.log import LogEntry
 
 SubjectRow = dict[str, Any]
-Rows = dict[str, list[dict[str, Any]]]
+# Each projection table's columns: `project` gives its rows as tuples in this order
+# (the appender inserts them as they are, `verify` compares them as they are).
+PROJECTION_COLUMNS: dict[str, tuple[str, ...]] = {
+    "subject_versions": ("ref", "seq", "jurisdiction", "minor", "erased"),
+    "consent_decisions": (
+        "seq",
+        "ref",
+        "category",
+        "purpose",
+        "decision",
+        "explicit",
+        "method",
+        "notice",
+        "effective",
+        "expires",
+    ),
+    "policy_versions": ("version", "seq", "document"),
+}
+Rows = list[tuple[Any, ...]]
+# (table, its PROJECTION_COLUMNS, rows), as `ledger.log` inserts them.
+Projected = list[tuple[str, tuple[str, ...], Rows]]
 _SUBJECT_KINDS = frozenset({"subject.registered", "subject.updated", "subject.erased"})
 
 
@@ -32,45 +52,45 @@ class Projector:
             row = self._load_subject(ref)
         return row
 
-    def project(self, entries: Sequence[LogEntry]) -> Rows:
-        # Runs for every entry appended and every entry verified: locals, not lookups.
-        versions: list[dict[str, Any]] = []
-        decisions: list[dict[str, Any]] = []
-        policies: list[dict[str, Any]] = []
+    def project(self, entries: Sequence[LogEntry]) -> Projected:
+        # Runs for every entry appended and every entry verified: locals, not lookups,
+        # and tuples, not dicts.
+        versions: Rows = []
+        decisions: Rows = []
+        policies: Rows = []
         subject_row = self._subject_row
         for entry in entries:
             body = entry.body
             kind, data = body["kind"], body["data"]
             if kind == "consent.recorded":
                 decisions.append(
-                    {
-                        "seq": entry.seq,
-                        "ref": data["subject"],
-                        "category": data["category"],
-                        "purpose": data["purpose"],
-                        "decision": data["decision"],
-                        "explicit": data["explicit"],
-                        "method": data["method"],
-                        "notice": data["notice"],
-                        "effective": data["effective"],
-                        "expires": data["expires"],
-                    }
+                    (
+                        entry.seq,
+                        data["subject"],
+                        data["category"],
+                        data["purpose"],
+                        data["decision"],
+                        data["explicit"],
+                        data["method"],
+                        data["notice"],
+                        data["effective"],
+                        data["expires"],
+                    )
                 )
             elif kind in _SUBJECT_KINDS:
-                versions.append(subject_row(entry))
-            elif kind == "policy.published":
-                policies.append(
-                    {
-                        "version": data["version"],
-                        "seq": entry.seq,
-                        "document": canonical_bytes(data["policy"]).decode(),
-                    }
+                row = subject_row(entry)
+                versions.append(
+                    (row["ref"], row["seq"], row["jurisdiction"], row["minor"], row["erased"])
                 )
-        return {
+            elif kind == "policy.published":
+                document = canonical_bytes(data["policy"]).decode()
+                policies.append((data["version"], entry.seq, document))
+        rows = {
             "subject_versions": versions,
             "consent_decisions": decisions,
             "policy_versions": policies,
         }
+        return [(table, columns, rows[table]) for table, columns in PROJECTION_COLUMNS.items()]
 
     def _subject_row(self, entry: LogEntry) -> SubjectRow:
         data = entry.data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 import unicodedata
@@ -21,9 +22,11 @@ from ledger.notes import b64
 
 MAX_SUBJECT_ID = 256
 SALT_BYTES = 32
+# The random part of a subject reference (80 bits, 74 of them left random by UUIDv7).
+REF_RANDOM_BYTES = 10
 
 
-def new_subject_ref() -> str:
+def new_subject_ref(random: bytes | None = None) -> str:
     """A new subject reference: a UUIDv7 (RFC 9562 §5.7) in 32 lowercase hex digits.
 
     74 random bits make it unguessable and unrelated to the id. The leading 48
@@ -33,7 +36,11 @@ def new_subject_ref() -> str:
     them: a bulk import then appends to those B-trees instead of rewriting a
     random page of each for every subject.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10))
+    if random is None:
+        random = secrets.token_bytes(REF_RANDOM_BYTES)
+    elif len(random) != REF_RANDOM_BYTES:
+        raise ValueError(f"a subject reference takes {REF_RANDOM_BYTES} random bytes")
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(random)
     # Version 7 in bits 48-51, the RFC 9562 variant (0b10) in bits 64-65.
     value = value & ~(0xF << 76) | 0x7 << 76
     value = value & ~(0x3 << 62) | 0x2 << 62
@@ -42,6 +49,29 @@ def new_subject_ref() -> str:
 
 def new_salt() -> bytes:
     return secrets.token_bytes(SALT_BYTES)
+
+
+class RandomPool:
+    """The OS's random bytes drawn 64 KB at a time, for many new subjects in a row (a
+    bulk import): each needs a salt and a reference, two system calls otherwise."""
+
+    __slots__ = ("_at", "_bytes")
+    _DRAW = 1 << 16
+
+    def __init__(self) -> None:
+        self._bytes = b""
+        self._at = 0
+
+    def take(self, count: int) -> bytes:
+        if self._at + count > len(self._bytes):
+            self._bytes = os.urandom(max(self._DRAW, count))
+            self._at = 0
+        start = self._at
+        self._at += count
+        return self._bytes[start : self._at]
+
+    def ref_and_salt(self) -> tuple[str, bytes]:
+        return new_subject_ref(self.take(REF_RANDOM_BYTES)), self.take(SALT_BYTES)
 
 
 def commitment(salt: bytes, subject_id: str) -> str:

@@ -57,7 +57,7 @@ from ledger.notes import (
     open_checkpoint,
     verify_note_signatures,
 )
-from ledger.projection import Projector
+from ledger.projection import PROJECTION_COLUMNS, Projector
 from ledger.schema import LedgerState
 from ledger.subjects import commitment
 
@@ -186,7 +186,7 @@ class _Verifier:
                         key_at=columns.index("seq"),
                     )
                 )
-                for table, columns in _PROJECTION_COLUMNS.items()
+                for table, columns in PROJECTION_COLUMNS.items()
             }
             for batch in entries.batches():
                 chunk = self._entries(batch)
@@ -341,12 +341,9 @@ class _Verifier:
         self, entries: list[LogEntry], projections: dict[str, _OrderedRows]
     ) -> None:
         start, end = entries[0].seq, entries[-1].seq + 1
-        replayed = self.projector.project(entries)
-        for table, rows in replayed.items():
-            # Plain tuples in the projector's column order: comparing millions of
-            # rows as mappings would cost more than everything else verify does.
-            as_tuple = itemgetter(*_PROJECTION_COLUMNS[table])
-            expected = list(map(as_tuple, rows))
+        # Plain tuples in the projector's column order: comparing millions of rows as
+        # mappings would cost more than everything else verify does.
+        for table, _columns, expected in self.projector.project(entries):
             stream = projections[table]
             actual = stream.below(end)
             if expected == actual:
@@ -764,29 +761,11 @@ class _OrderedRows:
             return taken
 
 
-_PROJECTION_COLUMNS = {
-    "subject_versions": ("ref", "seq", "jurisdiction", "minor", "erased"),
-    "consent_decisions": (
-        "seq",
-        "ref",
-        "category",
-        "purpose",
-        "decision",
-        "explicit",
-        "method",
-        "notice",
-        "effective",
-        "expires",
-    ),
-    "policy_versions": ("version", "seq", "document"),
-}
-
-
 def _name_difference(
     table: str, seq_at: int, expected: list[tuple[Any, ...]], actual: list[tuple[Any, ...]]
 ) -> None:
     """Raise for the first entry whose rows differ between the replay and the table."""
-    columns = _PROJECTION_COLUMNS[table]
+    columns = PROJECTION_COLUMNS[table]
     replayed: dict[int, list[tuple[Any, ...]]] = {}
     stored: dict[int, list[tuple[Any, ...]]] = {}
     for rows, by_seq in ((expected, replayed), (actual, stored)):

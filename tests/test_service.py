@@ -814,8 +814,11 @@ def stored_projection(ledger: ConsentLedger) -> dict[str, list[dict[str, Any]]]:
 
 
 def replayed_projection(ledger: ConsentLedger) -> dict[str, list[dict[str, Any]]]:
-    rows = Projector().project(all_entries(ledger))
-    return {name: sorted(rows[name], key=lambda row: row["seq"]) for name in PROJECTION_TABLES}
+    replayed = {
+        table: [dict(zip(columns, row, strict=True)) for row in rows]
+        for table, columns, rows in Projector().project(all_entries(ledger))
+    }
+    return {name: sorted(replayed[name], key=lambda row: row["seq"]) for name in PROJECTION_TABLES}
 
 
 def apply(

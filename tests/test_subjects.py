@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
-from ledger.subjects import new_subject_ref
+from ledger.subjects import SALT_BYTES, RandomPool, new_subject_ref
 
 
 def test_a_reference_is_a_uuid7_in_32_hex_digits() -> None:
@@ -30,3 +31,14 @@ def test_references_created_later_sort_later() -> None:
     first = new_subject_ref()
     time.sleep(0.002)
     assert new_subject_ref() > first
+
+
+def test_a_random_pool_gives_fresh_refs_and_salts() -> None:
+    pool = RandomPool()
+    pairs = [pool.ref_and_salt() for _ in range(5_000)]  # past one 64 KB draw
+    refs = [ref for ref, _ in pairs]
+    salts = [salt for _, salt in pairs]
+    assert len(set(refs)) == len(refs)
+    assert len(set(salts)) == len(salts)
+    assert all(len(salt) == SALT_BYTES for salt in salts)
+    assert all(re.fullmatch(r"[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}", ref) for ref in refs)
