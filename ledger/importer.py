@@ -811,8 +811,8 @@ def _prepare_batch(
     `known` is what the database says (or will say, once the batches before this one
     land) of the batch's subjects; it is brought up to date as rows are appended.
     `session`: the write transaction the batch will be written in; without one, the
-    batch goes to the writer process, which derives the Merkle tiles and nodes from the
-    leaf hashes (and checks the root) instead of unpickling them.
+    batch goes to the writer process with the tree's new nodes, from which it stores
+    the Merkle tiles and nodes (see `ledger.log.write_prepared`).
     """
     mappings, latest = known
     writer = LogWriter.at(
@@ -909,8 +909,8 @@ def _write_batch(
     _landed(summary, prepared, size)
 
 
-# Batches sent to the writer and not yet answered, at most: one being written and one
-# waiting behind it, so that neither process waits for the other on every batch.
+# Batches left unanswered while the next one is prepared: one being written and one
+# queued behind it, so that neither process waits for the other on every batch.
 IN_FLIGHT = 2
 
 
@@ -954,9 +954,7 @@ def _write_pipelined(
             context, import_id, batch, head, known, entries_before, session=None
         )
         writer.send(prepared)
-        in_flight.append(
-            _Sent(batch, prepared.entries, prepared.rows, prepared.append is not None, known)
-        )
+        in_flight.append(_Sent(batch, prepared.entries, prepared.rows, prepared.appended, known))
         if len(in_flight) > IN_FLIGHT and not _finish(
             context, import_id, writer, in_flight, summary, progress
         ):

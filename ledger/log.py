@@ -217,7 +217,7 @@ def read_node_ranges(
 
 
 # A projection hook: given the entries of one append, rows to insert into
-# derived tables ({table name: rows}). Supplied by the caller so that the log
+# derived tables, as (table, columns, rows). Supplied by the caller so that the log
 # knows nothing about consent.
 ProjectionHook = Callable[[Sequence[LogEntry]], Sequence[TableRows]]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 
@@ -39,7 +40,7 @@ def test_a_database_from_before_merkle_tiles_is_upgraded_and_keeps_verifying(
 
 def test_a_new_sqlite_database_has_16_kb_pages_and_a_wal(ledger: ConsentLedger) -> None:
     if ledger.engine.dialect.name != "sqlite":
-        return
+        pytest.skip("page size and journal mode are SQLite's")
     with ledger.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA page_size").scalar() == SQLITE_PAGE_SIZE
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
