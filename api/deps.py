@@ -21,8 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 
-from ledger.clients import UNKNOWN, Client, local_revocations
 from ledger.service import HEAD_STALE_LIMIT, ConsentLedger, LogHead
+from ledger.service.clients import UNKNOWN, Client, local_revocations
 
 _bearer = HTTPBearer(
     auto_error=False, description="An API key from `consent-ledger clients create`"

@@ -12,8 +12,8 @@ import time
 
 import orjson
 
-from ledger.db import make_engine
 from ledger.settings import Settings
+from ledger.store.db import make_engine
 from ledger.verify import verify_ledger
 
 

@@ -39,10 +39,10 @@ from bench.workloads import (
     sql_lookup,
     write_plan,
 )
-from ledger.clients import create_client
-from ledger.evidence import EvidenceBundle, verify_bundle
-from ledger.notes import VerifierKey
 from ledger.service import CheckRequest
+from ledger.service.clients import create_client
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.notes import VerifierKey
 
 BATCH_ITEMS = 10_000
 BATCH_CONNECTIONS = 2  # one batch evaluating while the next one's body arrives

@@ -51,7 +51,7 @@ from pyinstrument import Profiler
 from bench.context import ACTOR, DEFAULT_POSTGRES_URL, SCALES, BenchLedger, Context, Engine
 from bench.server import HOST, Phase, PhaseResult, free_port, run_load
 from bench.workloads import decide_all, register_all, sample_indices, sample_pairs, write_plan
-from ledger.clients import create_client
+from ledger.service.clients import create_client
 from ledger.verify import verify_ledger
 
 PROJECT = ("/ledger/", "/api/")

@@ -41,10 +41,10 @@ from bench.workloads import (
     time_each,
     write_plan,
 )
-from ledger import log
-from ledger.db import read_session
-from ledger.notes import VerifierKey
 from ledger.service import ConsentLedger
+from ledger.store.db import read_session
+from ledger.tlog import log
+from ledger.tlog.notes import VerifierKey
 
 # --- HTTP: P1, P2 (P4 and P7's API half below) ------------------------------------------------
 

@@ -19,11 +19,11 @@ from sqlalchemy import Engine, text
 
 from bench.context import ACTOR, BenchLedger
 from bench.data import generate_rows
-from ledger.consents import DecisionRequest
-from ledger.db import is_sqlite, write_session
-from ledger.importer import FIELDS, parse_record
-from ledger.notes import VerifierKey
+from ledger.consent.decisions import DecisionRequest
+from ledger.importing import FIELDS, parse_record
 from ledger.service import ConsentLedger
+from ledger.store.db import is_sqlite, write_session
+from ledger.tlog.notes import VerifierKey
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json
-from ledger.clients import SCOPES, create_client, list_clients, revoke_client
+from ledger.service.clients import SCOPES, create_client, list_clients, revoke_client
 
 app = typer.Typer(help="Create, list and revoke API clients (keys with scopes).")
 

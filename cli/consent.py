@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json
-from ledger.consents import DEFAULT_PURPOSE, DecisionRequest
+from ledger.consent.decisions import DEFAULT_PURPOSE, DecisionRequest
 from ledger.service import cli_actor
 
 app = typer.Typer(help="Record consent decisions and show a subject's evidence.")

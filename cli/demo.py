@@ -11,7 +11,7 @@ import typer
 
 from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json, progress_bar
 from ledger.demo import demo_policy_change, generate_rows
-from ledger.importer import FIELDS
+from ledger.importing import FIELDS
 from ledger.service import cli_actor
 
 app = typer.Typer(help="Demo data.")

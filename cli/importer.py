@@ -20,7 +20,7 @@ from rich.progress import (
 
 from cli.common import JSON_OPTION, console, err_console, guarded, open_ledger, print_json
 from ledger.errors import InvalidInput
-from ledger.importer import DEFAULT_BATCH, FIELDS, ImportRejected, RowError
+from ledger.importing import DEFAULT_BATCH, FIELDS, ImportRejected, RowError
 from ledger.service import cli_actor
 
 HELP = f"""Import subject registrations and consent decisions from CSV (header row) or JSONL.

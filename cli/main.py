@@ -23,12 +23,12 @@ from cli.common import (
     styled,
 )
 from cli.importer import import_command
-from ledger.clients import SCOPES, create_client
 from ledger.datasets import filter_dataset
 from ledger.errors import InvalidInput
-from ledger.evidence import EvidenceBundle, verify_bundle
-from ledger.notes import Checkpoint, Note, VerifierKey
 from ledger.service import ConsentLedger, cli_actor
+from ledger.service.clients import SCOPES, create_client
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.notes import Checkpoint, Note, VerifierKey
 from ledger.verify import verify_ledger
 
 app = typer.Typer(

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json, styled
+from ledger.consent.policy import Policy
 from ledger.errors import InvalidInput
-from ledger.policy import Policy
 from ledger.service import cli_actor
 
 app = typer.Typer(help="Show, validate and publish the consent policy (TOML).")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json
-from ledger.notes import b64
+from ledger.tlog.notes import b64
 
 app = typer.Typer(help="Print RFC 9162 inclusion and consistency proofs.")
 

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from cli.common import JSON_OPTION, console, err_console, guarded, open_ledger, print_json, styled
-from ledger.notes import VerifierKey
 from ledger.reports import (
     dumps_document,
     load_document,
@@ -21,6 +20,7 @@ from ledger.reports import (
 from ledger.reports.html import render_html
 from ledger.reports.rows import render_csv
 from ledger.service import ConsentLedger
+from ledger.tlog.notes import VerifierKey
 
 app = typer.Typer(
     help="Signed audit reports (JSON, HTML, CSV) that an auditor can verify offline "

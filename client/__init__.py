@@ -14,8 +14,8 @@
         write_jsonl("train.jsonl", kept)
         print(kept.checked_at, kept.kept, dict(kept.dropped))
 
-Every receipt and checkpoint is verified with `ledger.notes` and
-`ledger.merkle`, the same code the ledger and its auditors use.
+Every receipt and checkpoint is verified with `ledger.tlog.notes` and
+`ledger.tlog.merkle`, the same code the ledger and its auditors use.
 """
 
 from client.core import ConsentLedgerClient, FilterResult, Receipt, VerifiedBundle

@@ -27,8 +27,8 @@ from client.errors import (
 from client.trust import TrustedLog
 from ledger.errors import InvalidInput
 from ledger.errors import VerificationError as LedgerVerificationError
-from ledger.evidence import EvidenceBundle, verify_bundle
-from ledger.notes import Checkpoint, VerifierKey, unb64
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.notes import Checkpoint, VerifierKey, unb64
 
 __all__ = ["ConsentLedgerClient", "FilterResult", "Receipt", "VerifiedBundle"]
 

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from client.errors import VerificationError
-from ledger import merkle
 from ledger.errors import InvalidInput
 from ledger.errors import VerificationError as LedgerVerificationError
-from ledger.notes import Checkpoint, Note, VerifierKey, open_checkpoint
+from ledger.tlog import merkle
+from ledger.tlog.notes import Checkpoint, Note, VerifierKey, open_checkpoint
 
 __all__ = ["ProofFetcher", "TrustedLog"]
 

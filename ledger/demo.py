@@ -1,7 +1,7 @@
 """Deterministic, realistic consent data: `consent-ledger demo seed`, benchmarks and tests.
 
 `generate_rows(count, seed=...)` yields exactly `count` rows in the import
-format (`ledger.importer.FIELDS`), every one of them valid, so that a file
+format (`ledger.importing.FIELDS`), every one of them valid, so that a file
 written by `write_csv` or `write_jsonl` imports without `--skip-invalid`.
 The same seed always gives the same rows, byte for byte.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import orjson
 
-from ledger.importer import FIELDS
-from ledger.policy import Policy, default_policy
+from ledger.consent.policy import Policy, default_policy
+from ledger.importing import FIELDS
 
 Row = dict[str, str]
 

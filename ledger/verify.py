@@ -43,13 +43,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from ledger import merkle
-from ledger.canonical import parse_canonical
-from ledger.db import read_session
+from ledger.consent.projection import PROJECTION_COLUMNS, Projector
+from ledger.consent.subjects import commitment
 from ledger.errors import InvalidInput, NotInitialized, VerificationError
 from ledger.gcpause import no_gc
-from ledger.log import SUBJECT_KINDS, LogEntry
-from ledger.notes import (
+from ledger.store.db import read_session
+from ledger.store.schema import LedgerState
+from ledger.tlog import merkle
+from ledger.tlog.canonical import parse_canonical
+from ledger.tlog.log import SUBJECT_KINDS, LogEntry
+from ledger.tlog.notes import (
     Checkpoint,
     Note,
     VerifierKey,
@@ -57,9 +60,6 @@ from ledger.notes import (
     open_checkpoint,
     verify_note_signatures,
 )
-from ledger.projection import PROJECTION_COLUMNS, Projector
-from ledger.schema import LedgerState
-from ledger.subjects import commitment
 
 KNOWN_KINDS = frozenset(
     {

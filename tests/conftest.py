@@ -24,10 +24,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from ledger.db import make_engine
-from ledger.migrate import upgrade_schema
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
+from ledger.store.db import make_engine
+from ledger.store.migrate import upgrade_schema
 
 PG_URL = os.environ.get(
     "CONSENT_LEDGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

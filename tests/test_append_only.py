@@ -9,10 +9,16 @@ import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from ledger.consents import DecisionRequest
+from ledger.consent.decisions import DecisionRequest
 from ledger.demo import write_csv
-from ledger.schema import APPEND_ONLY_TABLES, CheckpointRow, LogEntryRow, MerkleNode, MerkleTile
 from ledger.service import ConsentLedger
+from ledger.store.schema import (
+    APPEND_ONLY_TABLES,
+    CheckpointRow,
+    LogEntryRow,
+    MerkleNode,
+    MerkleTile,
+)
 from ledger.verify import verify_ledger
 
 ACTOR = "ops"

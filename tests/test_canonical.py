@@ -8,8 +8,8 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.canonical import MAX_SAFE_INTEGER, canonical_bytes, parse_canonical
 from ledger.errors import InvalidInput, VerificationError
+from ledger.tlog.canonical import MAX_SAFE_INTEGER, canonical_bytes, parse_canonical
 
 json_scalars = (
     st.none()

@@ -22,9 +22,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ledger.clients import authenticate
-from ledger.db import make_engine
 from ledger.demo import write_csv, write_jsonl
+from ledger.service.clients import authenticate
+from ledger.store.db import make_engine
 from tests.cli_harness import (
     FAILURE,
     TIMESTAMP,

@@ -36,13 +36,13 @@ from client import (
     TransportError,
     VerificationError,
 )
-from ledger.clients import create_client
-from ledger.consents import DecisionRequest
+from ledger.consent.decisions import DecisionRequest
 from ledger.errors import VerificationError as LedgerVerificationError
-from ledger.evidence import EvidenceBundle, verify_bundle
-from ledger.keys import SigningKey
-from ledger.notes import Checkpoint, VerifierKey, sign_checkpoint
 from ledger.service import ConsentLedger
+from ledger.service.clients import create_client
+from ledger.service.keys import SigningKey
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.notes import Checkpoint, VerifierKey, sign_checkpoint
 from ledger.verify import verify_ledger
 
 BASE = "http://testserver"

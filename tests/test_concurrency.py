@@ -33,12 +33,12 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger.canonical import parse_canonical
-from ledger.db import read_session, write_session
-from ledger.schema import CheckpointRow, LedgerState, LogEntryRow
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
+from ledger.store.db import read_session, write_session
+from ledger.store.schema import CheckpointRow, LedgerState, LogEntryRow
 from ledger.timestamps import format_timestamp, utc_now
+from ledger.tlog.canonical import parse_canonical
 from ledger.verify import verify_ledger
 from tests.procs.writer import ack as ack_record
 from tests.procs.writer import mixed_step

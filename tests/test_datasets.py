@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ledger.consents import DecisionRequest
+from ledger.consent.decisions import DecisionRequest
 from ledger.datasets import filter_dataset
 from ledger.errors import InvalidInput
 from ledger.service import ConsentLedger

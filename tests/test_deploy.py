@@ -42,8 +42,8 @@ with warnings.catch_warnings():
 from api.app import create_app
 from cli.main import app
 from client import ConsentLedgerClient
-from ledger.clients import create_client
 from ledger.service import ConsentLedger
+from ledger.service.clients import create_client
 from ledger.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.eligibility import (
+from ledger.consent.eligibility import (
     REASONS,
     BatchEvaluator,
     Decision,
@@ -17,7 +17,7 @@ from ledger.eligibility import (
     SubjectState,
     evaluate_eligibility,
 )
-from ledger.policy import Policy, ancestors, default_policy
+from ledger.consent.policy import Policy, ancestors, default_policy
 
 
 def ts(day: int, micro: int = 0) -> str:

@@ -35,14 +35,14 @@ import rfc8785
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
-from ledger import merkle
-from ledger.db import read_session, write_session
+from ledger.consent.projection import Projector
 from ledger.demo import generate_rows, write_csv, write_jsonl
 from ledger.errors import InvalidInput, VerificationError
-from ledger.importer import FIELDS, ImportRejected, ImportWriteFailed, RowError
-from ledger.log import LogWriter, read_head, write_prepared
-from ledger.projection import Projector
-from ledger.schema import (
+from ledger.importing import FIELDS, ImportRejected, ImportWriteFailed, RowError
+from ledger.service import ConsentLedger
+from ledger.settings import Settings
+from ledger.store.db import read_session, write_session
+from ledger.store.schema import (
     CheckpointRow,
     ConsentDecision,
     ImportProgress,
@@ -50,9 +50,9 @@ from ledger.schema import (
     SubjectMapping,
     SubjectVersion,
 )
-from ledger.service import ConsentLedger
-from ledger.settings import Settings
 from ledger.timestamps import normalize_timestamp
+from ledger.tlog import merkle
+from ledger.tlog.log import LogWriter, read_head, write_prepared
 from ledger.verify import verify_ledger
 
 ACTOR = "test"
@@ -156,7 +156,7 @@ def stored_decisions(engine: Engine) -> list[dict[str, Any]]:
 
 @dataclass
 class Expected:
-    """A replay of import rows by SPEC §5's rules, independent of ledger/importer.py."""
+    """A replay of import rows by SPEC §5's rules, independent of ledger/importing/__init__.py."""
 
     subjects: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
     registered: int = 0
@@ -504,7 +504,7 @@ def test_a_writer_process_that_dies_fails_the_import_clearly_and_it_resumes(
     def kill_the_writer(done: int) -> None:
         if done >= 2 * batch_size:
             for child in psutil.Process().children():
-                if "ledger.importwriter" in child.cmdline():
+                if "ledger.importing.writer_process" in child.cmdline():
                     child.kill()
                     child.wait(timeout=WAIT)
 

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import importer
+from ledger import importing as importer
+from ledger.consent.policy import default_policy
 from ledger.errors import InvalidInput
-from ledger.importer import FIELDS, RowValidator, parse_record, spool_fields
-from ledger.policy import default_policy
+from ledger.importing import FIELDS, RowValidator, parse_record, spool_fields
 
 POLICY = default_policy()
 NOW = "2026-12-01T12:00:00.000000Z"

@@ -1,4 +1,4 @@
-"""Tests for signing keys and secrets on disk (`ledger.keys`)."""
+"""Tests for signing keys and secrets on disk (`ledger.service.keys`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ledger.errors import Conflict, InvalidInput, NotFound, SigningKeyError
-from ledger.keys import KeyStore, SigningKey
-from ledger.notes import NoteSigner, key_id, sign_note, verify_note
+from ledger.service.keys import KeyStore, SigningKey
+from ledger.tlog.notes import NoteSigner, key_id, sign_note, verify_note
 
 ORIGIN = "example.com/log"
 

@@ -1,4 +1,4 @@
-"""Tests for ledger.merkle: RFC 9162 known answers, an independent reference and pymerkle.
+"""Tests for ledger.tlog.merkle: RFC 9162 known answers, an independent reference and pymerkle.
 
 The reference below is transcribed from the recursive definitions in RFC 9162
 §2.1.1 (MTH), §2.1.3.1 (PATH) and §2.1.4.1 (SUBPROOF) and shares no code with
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import InvalidInput, NotFound, VerificationError
-from ledger.merkle import (
+from ledger.tlog.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     TILE_HASHES,

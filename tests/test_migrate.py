@@ -9,10 +9,10 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from ledger.db import SQLITE_PAGE_SIZE
 from ledger.demo import write_csv
-from ledger.migrate import HEAD_REVISION, alembic_config, schema_revision
 from ledger.service import ConsentLedger
+from ledger.store.db import SQLITE_PAGE_SIZE
+from ledger.store.migrate import HEAD_REVISION, alembic_config, schema_revision
 from ledger.verify import verify_ledger
 
 

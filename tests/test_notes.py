@@ -1,4 +1,4 @@
-"""Tests for C2SP signed notes and tlog checkpoints (`ledger.notes`).
+"""Tests for C2SP signed notes and tlog checkpoints (`ledger.tlog.notes`).
 
 Known answers come from tests/vectors/signed-note.json (the C2SP spec
 example, Go's sumdb/note test vector and a real sum.golang.org checkpoint), so
@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.errors import InvalidInput, VerificationError
-from ledger.keys import SigningKey
-from ledger.notes import (
+from ledger.service.keys import SigningKey
+from ledger.tlog.notes import (
     Checkpoint,
     KeyID,
     Note,

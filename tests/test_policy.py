@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from ledger.consent.policy import Policy, ancestors, default_policy, pattern_matches
 from ledger.errors import InvalidInput, PolicyError
-from ledger.policy import Policy, ancestors, default_policy, pattern_matches
 
 SPEC_CATEGORIES = (
     "content.public",

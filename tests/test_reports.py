@@ -21,12 +21,9 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.routes import reports as report_routes
 from cli import report as report_cli
-from ledger.clients import create_client
-from ledger.consents import DecisionRequest
+from ledger.consent.decisions import DecisionRequest
 from ledger.demo import demo_policy_change, write_csv
 from ledger.errors import NotFound, VerificationError
-from ledger.evidence import EvidenceBundle, verify_bundle
-from ledger.notes import VerifierKey
 from ledger.reports import (
     dumps_document,
     load_document,
@@ -37,6 +34,9 @@ from ledger.reports import (
 from ledger.reports.envelope import sign_report
 from ledger.reports.rows import PERIOD_COLUMNS, SUBJECT_COLUMNS, render_csv
 from ledger.service import ConsentLedger
+from ledger.service.clients import create_client
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.notes import VerifierKey
 
 ACTOR = "test"
 
@@ -160,7 +160,7 @@ def test_subject_report_tampering_fails(
         document["signature"] = other["signature"]
         tampered = load_document(dumps_document(document))
     elif change == "key":
-        from ledger.keys import SigningKey
+        from ledger.service.keys import SigningKey
 
         stranger = SigningKey.generate(document["report"]["origin"])
         tampered = load_document(dumps_document(sign_report(document["report"], stranger)))

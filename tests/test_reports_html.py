@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ledger.consents import DecisionRequest
+from ledger.consent.decisions import DecisionRequest
 from ledger.demo import demo_policy_change, write_csv
 from ledger.errors import VerificationError
-from ledger.notes import VerifierKey
 from ledger.reports import load_document, period_report, subject_report, verify_report
 from ledger.reports.html import render_html
 from ledger.service import ConsentLedger
+from ledger.tlog.notes import VerifierKey
 
 ACTOR = "test"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -15,21 +15,21 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import MetaData, select
 
-from ledger import log
-from ledger.consents import DECISIONS, DecisionRequest
-from ledger.db import read_session
-from ledger.eligibility import Eligibility
+from ledger.consent.decisions import DECISIONS, DecisionRequest
+from ledger.consent.eligibility import Eligibility
+from ledger.consent.policy import Policy, default_policy
+from ledger.consent.projection import Projector
+from ledger.consent.subjects import commitment
 from ledger.errors import Conflict, InvalidInput, NotFound, VerificationError
-from ledger.evidence import EvidenceBundle, verify_bundle
-from ledger.keys import SigningKey
-from ledger.log import LogEntry, SealedAppend
-from ledger.notes import Note, VerifierKey, verify_note
-from ledger.policy import Policy, default_policy
-from ledger.projection import Projector
-from ledger.schema import ConsentDecision, PolicyVersion, SubjectMapping, SubjectVersion
 from ledger.service import CheckRequest, ConsentLedger
+from ledger.service.keys import SigningKey
 from ledger.settings import Settings
-from ledger.subjects import commitment
+from ledger.store.db import read_session
+from ledger.store.schema import ConsentDecision, PolicyVersion, SubjectMapping, SubjectVersion
+from ledger.tlog import log
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.log import LogEntry, SealedAppend
+from ledger.tlog.notes import Note, VerifierKey, verify_note
 from ledger.verify import verify_ledger
 from tests.conftest import TEST_ORIGIN
 

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from ledger.consents import DecisionRequest
-from ledger.db import read_session
+from ledger.consent.decisions import DecisionRequest
 from ledger.service import CheckRequest, ConsentLedger
+from ledger.service.subjectcache import SUBJECT_COST, SubjectCache, _load
 from ledger.settings import Settings
-from ledger.subjectcache import SUBJECT_COST, SubjectCache, _load
+from ledger.store.db import read_session
 
 ACTOR = "test"
 

@@ -6,7 +6,7 @@ import re
 import time
 import uuid
 
-from ledger.subjects import SALT_BYTES, RandomPool, new_subject_ref
+from ledger.consent.subjects import SALT_BYTES, RandomPool, new_subject_ref
 
 
 def test_a_reference_is_a_uuid7_in_32_hex_digits() -> None:

@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from ledger import log, merkle
-from ledger.db import read_session, write_session
-from ledger.log import LogWriter
-from ledger.schema import MerkleTile
 from ledger.service import ConsentLedger
-from ledger.tiles import TileAddress, read_tile
+from ledger.store.db import read_session, write_session
+from ledger.store.schema import MerkleTile
+from ledger.tlog import log, merkle
+from ledger.tlog.log import LogWriter
+from ledger.tlog.tiles import TileAddress, read_tile
 
 # Appends of these sizes cross level-0 tiles one leaf at a time and in bulk, and
 # complete the first tile of level 1 (65,536 leaves) in the middle of an append.

@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from ledger import merkle
-from ledger.consents import DecisionRequest
-from ledger.db import write_session
+from ledger.consent.decisions import DecisionRequest
+from ledger.consent.policy import Policy, default_policy
+from ledger.consent.projection import Projector
 from ledger.demo import write_csv
 from ledger.errors import VerificationError
-from ledger.keys import SigningKey
-from ledger.log import LogWriter
-from ledger.notes import Checkpoint, b64, sign_checkpoint
-from ledger.policy import Policy, default_policy
-from ledger.projection import Projector
-from ledger.schema import APPEND_ONLY_TABLES, CheckpointRow, LogEntryRow
 from ledger.service import ConsentLedger
+from ledger.service.keys import SigningKey
+from ledger.store.db import write_session
+from ledger.store.schema import APPEND_ONLY_TABLES, CheckpointRow, LogEntryRow
+from ledger.tlog import merkle
+from ledger.tlog.log import LogWriter
+from ledger.tlog.notes import Checkpoint, b64, sign_checkpoint
 from ledger.verify import verify_ledger
 from tests.conftest import TEST_ORIGIN
 

@@ -29,7 +29,7 @@ from api.deps import (
     json_body,
 )
 from api.models import BatchBody, CheckBody, EligibilityOut
-from ledger.eligibility import Eligibility
+from ledger.consent.eligibility import Eligibility
 from ledger.errors import InvalidInput
 from ledger.service import CheckBatch, CheckItem, ConsentLedger
 

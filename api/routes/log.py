@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from starlette.responses import PlainTextResponse
 
 from api.deps import AuditClient, LedgerDep
-from ledger.notes import b64
+from ledger.tlog.notes import b64
 
 router = APIRouter(prefix="/v1/ledger", tags=["log"])
 

@@ -8,8 +8,8 @@ import orjson
 from fastapi import APIRouter, Request
 
 from api.deps import AdminClient, LedgerDep, ReadClient
+from ledger.consent.policy import Policy
 from ledger.errors import InvalidInput
-from ledger.policy import Policy
 
 router = APIRouter(prefix="/v1/policy", tags=["policy"])
 

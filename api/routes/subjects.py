@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Path, Response
 
 from api.deps import AdminClient, LedgerDep, ReadClient, RecordClient
 from api.models import ConsentsBody, SubjectBody, WriteOut
-from ledger.consents import DecisionRequest
+from ledger.consent.decisions import DecisionRequest
 from ledger.service import IdempotencyKey
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])

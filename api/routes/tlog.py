@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends
 from starlette.responses import PlainTextResponse, Response
 
 from api.deps import Credentials, LedgerDep, authorize, get_head
-from ledger.db import read_session
-from ledger.tiles import parse_tile_path, read_tile
+from ledger.store.db import read_session
+from ledger.tlog.tiles import parse_tile_path, read_tile
 
 router = APIRouter(prefix="/tlog", tags=["tlog-tiles"])
 

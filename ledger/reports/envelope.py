@@ -30,9 +30,9 @@ from typing import Any
 
 import orjson
 
-from ledger.canonical import canonical_bytes
 from ledger.errors import InvalidInput, VerificationError
-from ledger.notes import NoteSigner, VerifierKey, b64, sign_note, verify_note
+from ledger.tlog.canonical import canonical_bytes
+from ledger.tlog.notes import NoteSigner, VerifierKey, b64, sign_note, verify_note
 
 REPORT_FORMAT = "consent-ledger/report/v1"
 NOTE_HEADER = "consent-ledger report v1"

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ledger.consents import DEFAULT_PURPOSE
-from ledger.eligibility import Decision, SubjectState, evaluate_eligibility
-from ledger.policy import WILDCARD, Policy, ancestors
+from ledger.consent.decisions import DEFAULT_PURPOSE
+from ledger.consent.eligibility import Decision, SubjectState, evaluate_eligibility
+from ledger.consent.policy import WILDCARD, Policy, ancestors
 
 DECISION_KINDS = ("granted", "denied", "withdrawn")
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from ledger.notes import NoteSigner
 from ledger.reports import charts
 from ledger.reports.envelope import PLACEHOLDER, SCRIPT_ID, LoadedReport, seal_page
 from ledger.reports.period import entry_bodies
 from ledger.reports.verify import ReportVerification, verify_report
+from ledger.tlog.notes import NoteSigner
 
 MAX_CHANGE_ROWS = 500
 

@@ -41,20 +41,20 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger import log, merkle
-from ledger.db import make_engine, read_session
-from ledger.eligibility import Decision
+from ledger.consent.eligibility import Decision
 from ledger.errors import InvalidInput, LedgerError, NotFound
-from ledger.evidence import EvidenceBundle, EvidenceEntry
 from ledger.gcpause import no_gc
-from ledger.log import DbNodeReader, LogEntry
-from ledger.notes import b64
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
 from ledger.reports.figures import PeriodFigures, PolicyTimeline
 from ledger.reports.subject import verifier_key_before
-from ledger.schema import CheckpointRow, ConsentDecision, LogEntryRow, SubjectVersion
 from ledger.service import ConsentLedger
+from ledger.store.db import make_engine, read_session
+from ledger.store.schema import CheckpointRow, ConsentDecision, LogEntryRow, SubjectVersion
 from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
+from ledger.tlog import log, merkle
+from ledger.tlog.evidence import EvidenceBundle, EvidenceEntry
+from ledger.tlog.log import DbNodeReader, LogEntry
+from ledger.tlog.notes import b64
 from ledger.verify import verify_ledger
 
 CHUNK = 20_000

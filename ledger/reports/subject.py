@@ -18,12 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger import log
-from ledger.db import read_session
+from ledger.consent.subjects import erased_id_hash, validate_subject_id
 from ledger.errors import Conflict, NotFound
-from ledger.evidence import EvidenceBundle, EvidenceEntry
-from ledger.log import LogEntry
-from ledger.notes import b64
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
 from ledger.reports.figures import (
     PolicyTimeline,
@@ -32,10 +28,14 @@ from ledger.reports.figures import (
     eligibility_matrix,
     subject_facts,
 )
-from ledger.schema import ErasedSubject, LogEntryRow, SubjectMapping
 from ledger.service import ERASURE_SECRET, ConsentLedger
-from ledger.subjects import erased_id_hash, validate_subject_id
+from ledger.store.db import read_session
+from ledger.store.schema import ErasedSubject, LogEntryRow, SubjectMapping
 from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
+from ledger.tlog import log
+from ledger.tlog.evidence import EvidenceBundle, EvidenceEntry
+from ledger.tlog.log import LogEntry
+from ledger.tlog.notes import b64
 
 LIMITS = (
     "Inclusion proofs show that every entry listed is in the log; they cannot show that no "

@@ -16,17 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger import merkle
-from ledger.canonical import canonical_bytes
+from ledger.consent.subjects import commitment
 from ledger.errors import InvalidInput, VerificationError
-from ledger.evidence import EvidenceBundle, verify_bundle
 from ledger.gcpause import no_gc
-from ledger.log import SUBJECT_KINDS
-from ledger.notes import Checkpoint, VerifierKey, b64, open_checkpoint, unb64
 from ledger.reports.envelope import LoadedReport, check_rendering, check_signature
 from ledger.reports.figures import PeriodFigures, PolicyTimeline
 from ledger.reports.subject import build_subject_content
-from ledger.subjects import commitment
+from ledger.tlog import merkle
+from ledger.tlog.canonical import canonical_bytes
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.log import SUBJECT_KINDS
+from ledger.tlog.notes import Checkpoint, VerifierKey, b64, open_checkpoint, unb64
 
 
 @dataclass

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from ledger.clients import SCOPES, create_client, revoke_client
-from ledger.notes import VerifierKey
 from ledger.service import ConsentLedger
+from ledger.service.clients import SCOPES, create_client, revoke_client
+from ledger.tlog.notes import VerifierKey
 from tests.api.helpers import Keys
 
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from ledger.clients import SCOPES
+from ledger.service.clients import SCOPES
 from tests.api.helpers import Keys, assert_problem, auth, register
 
 # (method, path) -> the one scope that admits a caller, or None for no authentication.
@@ -165,7 +165,7 @@ def test_bearer_scheme_is_case_insensitive(client: TestClient, keys: Keys, schem
 
 
 def test_a_key_stops_working_when_revoked(client: TestClient, keys: Keys, ledger: Any) -> None:
-    from ledger.clients import create_client, revoke_client
+    from ledger.service.clients import create_client, revoke_client
 
     _, key = create_client(ledger.engine, "short-lived", ["read"])
     assert client.get("/v1/policy", headers=auth(key)).status_code == 200

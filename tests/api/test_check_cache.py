@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlmodel import col
 
-from ledger.clients import UNKNOWN, KeyCache, create_client, revoke_client
-from ledger.db import write_session
-from ledger.schema import ApiClient
 from ledger.service import HEAD_MAX_AGE, HEAD_STALE_LIMIT, ConsentLedger
+from ledger.service.clients import UNKNOWN, KeyCache, create_client, revoke_client
 from ledger.settings import Settings
+from ledger.store.db import write_session
+from ledger.store.schema import ApiClient
 from tests.api.helpers import Keys, assert_problem, auth, check, record, register
 
 PAIRS = [

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from ledger.notes import VerifierKey, open_checkpoint
 from ledger.service import ConsentLedger
+from ledger.tlog.notes import VerifierKey, open_checkpoint
 from tests.api.helpers import Keys, assert_problem, check, record, register
 
 ANSWER_FIELDS = {"eligible", "reason", "decided_by", "policy_version", "checked_at", "at"}

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from api.app import create_app
 from ledger.errors import InvalidInput
 from ledger.service import ConsentLedger
-from ledger.tiles import parse_tile_path
+from ledger.tlog.tiles import parse_tile_path
 from tests.api.helpers import PROBLEM_JSON, Keys, auth
 from tests.api.test_auth_matrix import EXPECTED
 

@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from ledger import merkle
-from ledger.canonical import parse_canonical
-from ledger.notes import Checkpoint, VerifierKey, open_checkpoint
 from ledger.service import ConsentLedger
+from ledger.tlog import merkle
+from ledger.tlog.canonical import parse_canonical
+from ledger.tlog.notes import Checkpoint, VerifierKey, open_checkpoint
 from tests.api.helpers import Keys, assert_problem, register
 from tests.conftest import TEST_ORIGIN
 

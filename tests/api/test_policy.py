@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ledger.canonical import parse_canonical
-from ledger.policy import default_policy
+from ledger.consent.policy import default_policy
 from ledger.service import ConsentLedger
+from ledger.tlog.canonical import parse_canonical
 from tests.api.helpers import Keys, assert_problem, check, register
 
 
@@ -76,7 +76,7 @@ def test_put_json_policy_publishes_a_new_version(
 def test_put_toml_policy(
     client: TestClient, keys: Keys, ledger: ConsentLedger, content_type: str
 ) -> None:
-    text = resources.files("ledger.policies").joinpath("default.toml").read_text("utf-8")
+    text = resources.files("ledger.consent.policies").joinpath("default.toml").read_text("utf-8")
     assert "\nversion = 1\n" in text
     text = text.replace("\nversion = 1\n", "\nversion = 7\n")
     response = client.put(

@@ -7,9 +7,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from ledger.errors import VerificationError
-from ledger.evidence import EvidenceBundle, verify_bundle
-from ledger.notes import VerifierKey, key_id
 from ledger.service import ConsentLedger
+from ledger.tlog.evidence import EvidenceBundle, verify_bundle
+from ledger.tlog.notes import VerifierKey, key_id
 from tests.api.helpers import Keys, assert_problem, check, record, register
 
 GRANT_PROFILE = {"category": "profile", "decision": "granted"}

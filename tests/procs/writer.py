@@ -31,12 +31,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ledger.consents import DecisionRequest
-from ledger.evidence import verify_bundle
-from ledger.log import SealedAppend
-from ledger.notes import VerifierKey
+from ledger.consent.decisions import DecisionRequest
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
+from ledger.tlog.evidence import verify_bundle
+from ledger.tlog.log import SealedAppend
+from ledger.tlog.notes import VerifierKey
 
 SHARED = ("shared-0", "shared-1")
 JURISDICTIONS = ("US", "DE", None, "GB")

@@ -25,9 +25,9 @@ from typing import Final, Literal, get_args
 from sqlalchemy import Engine, insert, select, update
 from sqlmodel import col
 
-from ledger.db import read_session, write_session
 from ledger.errors import Conflict, InvalidInput, NotFound
-from ledger.schema import ApiClient
+from ledger.store.db import read_session, write_session
+from ledger.store.schema import ApiClient
 from ledger.timestamps import format_timestamp, utc_now
 
 Scope = Literal["check", "record", "read", "audit", "admin"]

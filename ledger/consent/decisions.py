@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from ledger.consent.policy import Policy
 from ledger.errors import InvalidInput
-from ledger.policy import Policy
 from ledger.timestamps import normalize_timestamp
 
 DecisionValue = Literal["granted", "denied", "withdrawn"]

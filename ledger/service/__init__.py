@@ -21,15 +21,24 @@ from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger import clients, log
-from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
-from ledger.db import make_engine, read_session, translated_errors, write_session
-from ledger.eligibility import (
+from ledger.consent.decisions import DEFAULT_PURPOSE, DecisionRequest, validate_decision
+from ledger.consent.eligibility import (
     BatchEvaluator,
     Decision,
     Eligibility,
     SubjectState,
     evaluate_eligibility,
+)
+from ledger.consent.policy import Policy, default_policy
+from ledger.consent.projection import Projector, SubjectRow
+from ledger.consent.subjects import (
+    MAX_SUBJECT_ID,
+    commitment,
+    erased_id_hash,
+    new_salt,
+    new_subject_ref,
+    validate_jurisdiction,
+    validate_subject_id,
 )
 from ledger.errors import (
     Conflict,
@@ -39,22 +48,21 @@ from ledger.errors import (
     NotInitialized,
     SigningKeyError,
 )
-from ledger.evidence import EvidenceBundle, EvidenceEntry
-from ledger.groupcommit import GroupCommitter, GroupRequest
-from ledger.importer import (
+from ledger.importing import (
     DEFAULT_BATCH,
     ImportContext,
     ImportSummary,
     RowError,
     import_file,
 )
-from ledger.keys import KeyStore, SigningKey
-from ledger.log import LogEntry, LogWriter, SealedAppend
-from ledger.migrate import upgrade_if_behind, upgrade_schema
-from ledger.notes import VerifierKey, validate_origin
-from ledger.policy import Policy, default_policy
-from ledger.projection import Projector, SubjectRow
-from ledger.schema import (
+from ledger.service import clients
+from ledger.service.groupcommit import GroupCommitter, GroupRequest
+from ledger.service.keys import KeyStore, SigningKey
+from ledger.service.subjectcache import SubjectCache
+from ledger.settings import Settings
+from ledger.store.db import make_engine, read_session, translated_errors, write_session
+from ledger.store.migrate import upgrade_if_behind, upgrade_schema
+from ledger.store.schema import (
     ApiClient,
     ConsentDecision,
     ErasedSubject,
@@ -65,18 +73,11 @@ from ledger.schema import (
     SubjectMapping,
     SubjectVersion,
 )
-from ledger.settings import Settings
-from ledger.subjectcache import SubjectCache
-from ledger.subjects import (
-    MAX_SUBJECT_ID,
-    commitment,
-    erased_id_hash,
-    new_salt,
-    new_subject_ref,
-    validate_jurisdiction,
-    validate_subject_id,
-)
 from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
+from ledger.tlog import log
+from ledger.tlog.evidence import EvidenceBundle, EvidenceEntry
+from ledger.tlog.log import LogEntry, LogWriter, SealedAppend
+from ledger.tlog.notes import VerifierKey, validate_origin
 
 ERASURE_SECRET = "erasure"
 # SQL parameter lists are chunked to stay far below every driver's limit.
@@ -628,7 +629,7 @@ class ConsentLedger:
         progress: Callable[[int], None] | None = None,
         pipeline: bool | None = None,
     ) -> ImportSummary:
-        """Import a CSV/JSONL file of registrations and decisions (see `ledger.importer`)."""
+        """Import a CSV/JSONL file of registrations and decisions (see `ledger.importing`)."""
         context = ImportContext(
             engine=self.engine,
             policy=self.current_policy(),

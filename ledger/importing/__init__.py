@@ -41,29 +41,29 @@ from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger.consents import DEFAULT_PURPOSE, DecisionRequest, validate_decision
-from ledger.db import bulk_insert, make_engine, read_session, write_session
-from ledger.errors import InvalidInput, LedgerError
-from ledger.gcpause import no_gc
-from ledger.log import LogHead, LogWriter, PreparedAppend, read_head, tree_size, write_prepared
-from ledger.notes import NoteSigner
-from ledger.policy import Policy
-from ledger.projection import Projector, SubjectRow
-from ledger.schema import (
-    ErasedSubject,
-    ImportProgress,
-    LedgerState,
-    SubjectMapping,
-    SubjectVersion,
-)
-from ledger.subjects import (
+from ledger.consent.decisions import DEFAULT_PURPOSE, DecisionRequest, validate_decision
+from ledger.consent.policy import Policy
+from ledger.consent.projection import Projector, SubjectRow
+from ledger.consent.subjects import (
     RandomPool,
     commitment,
     erased_id_hash,
     validate_jurisdiction,
     validate_subject_id,
 )
+from ledger.errors import InvalidInput, LedgerError
+from ledger.gcpause import no_gc
+from ledger.store.db import bulk_insert, make_engine, read_session, write_session
+from ledger.store.schema import (
+    ErasedSubject,
+    ImportProgress,
+    LedgerState,
+    SubjectMapping,
+    SubjectVersion,
+)
 from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
+from ledger.tlog.log import LogHead, LogWriter, PreparedAppend, read_head, tree_size, write_prepared
+from ledger.tlog.notes import NoteSigner
 
 FIELDS = (
     "subject_id",
@@ -812,7 +812,7 @@ def _prepare_batch(
     land) of the batch's subjects; it is brought up to date as rows are appended.
     `session`: the write transaction the batch will be written in; without one, the
     batch goes to the writer process with the tree's new nodes, from which it stores
-    the Merkle tiles and nodes (see `ledger.log.write_prepared`).
+    the Merkle tiles and nodes (see `ledger.tlog.log.write_prepared`).
     """
     mappings, latest = known
     writer = LogWriter.at(
@@ -1009,7 +1009,7 @@ class ImportWriteFailed(LedgerError):
 
 
 class _WriterProcess:
-    """A child process (`python -m ledger.importwriter`) that commits prepared batches
+    """A child process (`python -m ledger.importing.writer_process`) that commits prepared batches
     (`commit_prepared`), one at a time, answering each with the tree size after it.
 
     Writing is about half an import's work and this process's other half is pure
@@ -1029,7 +1029,7 @@ class _WriterProcess:
         # file is passed down, under the same descriptor number.
         self._spool = _Spool()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "ledger.importwriter"],
+            [sys.executable, "-m", "ledger.importing.writer_process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -1,5 +1,5 @@
 """Merkle tiles: the tree's nodes stored 510 to a row once their tile is complete
-(see `ledger.merkle`), append-only like the rest of the log.
+(see `ledger.tlog.merkle`), append-only like the rest of the log.
 
 Nodes already stored one by one stay where they are: readers look in both tables.
 

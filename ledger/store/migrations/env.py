@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from ledger.db import make_engine
 from ledger.settings import Settings
+from ledger.store.db import make_engine
 
 
 def _run(connection: Connection) -> None:

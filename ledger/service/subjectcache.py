@@ -33,8 +33,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger.eligibility import Decision, SubjectState
-from ledger.schema import ConsentDecision, SubjectMapping, SubjectVersion
+from ledger.consent.eligibility import Decision, SubjectState
+from ledger.store.schema import ConsentDecision, SubjectMapping, SubjectVersion
 
 _IN_CHUNK = 900
 

@@ -259,7 +259,7 @@ def _public_key(raw: bytes) -> Ed25519PublicKey:
 class NoteSigner(Protocol):
     """Anything that can sign notes: a name, its key ID, its public half, `sign`.
 
-    `ledger.keys.SigningKey` is the production implementation; the protocol
+    `ledger.service.keys.SigningKey` is the production implementation; the protocol
     keeps this module free of key storage.
     """
 

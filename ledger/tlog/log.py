@@ -1,7 +1,7 @@
 """The log: appending entries (with their Merkle nodes and a signed checkpoint)
 and reading entries, checkpoints and proofs back.
 
-An append happens inside one write transaction (`ledger.db.write_session`):
+An append happens inside one write transaction (`ledger.store.db.write_session`):
 `LogWriter.open` reads the head under the write lock, `append` assigns seqs and
 canonical bytes, and `seal` writes entries, tree nodes, projections and the
 new checkpoint together. Nothing is visible to anyone until the transaction
@@ -18,9 +18,6 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger import merkle
-from ledger.canonical import canonical_bytes, parse_canonical
-from ledger.db import bulk_insert
 from ledger.errors import (
     InvalidInput,
     NotFound,
@@ -28,14 +25,17 @@ from ledger.errors import (
     SigningKeyError,
     VerificationError,
 )
-from ledger.notes import Checkpoint, NoteSigner, sign_checkpoint
-from ledger.schema import (
+from ledger.store.db import bulk_insert
+from ledger.store.schema import (
     CheckpointRow,
     LedgerState,
     LogEntryRow,
     MerkleNode,
 )
 from ledger.timestamps import format_timestamp, utc_now
+from ledger.tlog import merkle
+from ledger.tlog.canonical import canonical_bytes, parse_canonical
+from ledger.tlog.notes import Checkpoint, NoteSigner, sign_checkpoint
 
 ENTRY_VERSION = 1
 
@@ -113,7 +113,7 @@ class LogHead:
 class PreparedAppend:
     """Everything an append writes, built without the database: rows for each table
     (in insertion order) and the signed checkpoint. Plain values, so it can be pickled
-    to the process that writes it (see `ledger.importer`)."""
+    to the process that writes it (see `ledger.importing`)."""
 
     base: LogHead
     tables: tuple[TableRows, ...]

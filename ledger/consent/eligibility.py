@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple, TypeAlias, TypeVar
 
-from ledger.policy import WILDCARD, Policy, ancestors
+from ledger.consent.policy import WILDCARD, Policy, ancestors
 
 DecisionKind: TypeAlias = Literal["granted", "denied", "withdrawn"]
 Reason: TypeAlias = Literal[

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ledger.canonical import canonical_bytes
-from ledger.log import LogEntry
+from ledger.tlog.canonical import canonical_bytes
+from ledger.tlog.log import LogEntry
 
 SubjectRow = dict[str, Any]
 # Each projection table's columns: `project` gives its rows as tuples in this order
@@ -34,7 +34,7 @@ PROJECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "policy_versions": ("version", "seq", "document"),
 }
 Rows = list[tuple[Any, ...]]
-# (table, its PROJECTION_COLUMNS, rows), as `ledger.log` inserts them.
+# (table, its PROJECTION_COLUMNS, rows), as `ledger.tlog.log` inserts them.
 Projected = list[tuple[str, tuple[str, ...], Rows]]
 _SUBJECT_KINDS = frozenset({"subject.registered", "subject.updated", "subject.erased"})
 

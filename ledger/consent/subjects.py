@@ -18,7 +18,7 @@ import unicodedata
 from iso3166 import countries_by_alpha2
 
 from ledger.errors import InvalidInput
-from ledger.notes import b64
+from ledger.tlog.notes import b64
 
 MAX_SUBJECT_ID = 256
 SALT_BYTES = 32

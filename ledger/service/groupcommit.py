@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from ledger.log import LogWriter, SealedAppend
+from ledger.tlog.log import LogWriter, SealedAppend
 
 Build = Callable[[LogWriter, Session], None]
 

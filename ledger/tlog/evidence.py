@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger import merkle
-from ledger.canonical import parse_canonical
 from ledger.errors import InvalidInput, VerificationError
-from ledger.notes import Checkpoint, VerifierKey, b64, open_checkpoint, unb64
+from ledger.tlog import merkle
+from ledger.tlog.canonical import parse_canonical
+from ledger.tlog.notes import Checkpoint, VerifierKey, b64, open_checkpoint, unb64
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ Three kinds of table, with different rules:
   raw subject ids and their salts; `erased_subjects`: keyed hashes of erased
   ids), plus the single `ledger_state` row.
 
-The schema itself is created by the Alembic migrations in `ledger/migrations`;
+The schema itself is created by the Alembic migrations in `ledger/store/migrations`;
 these models describe it for queries.
 """
 
@@ -49,7 +49,7 @@ class MerkleNode(SQLModel, table=True):
 
 
 class MerkleTile(SQLModel, table=True):
-    """Tree levels 8·level … 8·level+7 below one node, packed (see `ledger.merkle`)."""
+    """Tree levels 8·level … 8·level+7 below one node, packed (see `ledger.tlog.merkle`)."""
 
     __tablename__ = "merkle_tiles"
 

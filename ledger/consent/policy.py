@@ -39,8 +39,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import iso3166
 
-from ledger.canonical import MAX_SAFE_INTEGER
 from ledger.errors import InvalidInput, PolicyError
+from ledger.tlog.canonical import MAX_SAFE_INTEGER
 
 Default: TypeAlias = Literal["allow", "deny"]
 
@@ -277,8 +277,8 @@ class Policy:
 
 @cache
 def default_policy() -> Policy:
-    """The policy shipped in `ledger/policies/default.toml`."""
-    text = resources.files("ledger").joinpath("policies/default.toml").read_text("utf-8")
+    """The policy shipped in `ledger/consent/policies/default.toml`."""
+    text = resources.files("ledger.consent").joinpath("policies/default.toml").read_text("utf-8")
     return Policy.from_toml(text)
 
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.errors import Conflict, InvalidInput, NotFound, SigningKeyError
-from ledger.notes import KeyID, VerifierKey, key_id, validate_key_name
+from ledger.tlog.notes import KeyID, VerifierKey, key_id, validate_key_name
 
 __all__ = ["PASSPHRASE_ENV", "KeyStore", "SigningKey"]
 
@@ -52,7 +52,7 @@ _PURPOSE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
 class SigningKey:
     """An Ed25519 private key and the note-key name it signs under.
 
-    Implements `ledger.notes.NoteSigner`.
+    Implements `ledger.tlog.notes.NoteSigner`.
     """
 
     __slots__ = ("_key_id", "_name", "_private_key", "_public_key")

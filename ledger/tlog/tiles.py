@@ -17,10 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger import log
 from ledger.errors import InvalidInput, NotFound
-from ledger.merkle import HASH_SIZE, TILE_HEIGHT, TILE_WIDTH
-from ledger.schema import LogEntryRow, MerkleNode, MerkleTile
+from ledger.store.schema import LogEntryRow, MerkleNode, MerkleTile
+from ledger.tlog import log
+from ledger.tlog.merkle import HASH_SIZE, TILE_HEIGHT, TILE_WIDTH
 
 _SEGMENT = re.compile(r"^x\d{3}$")
 _LAST = re.compile(r"^\d{3}$")
