@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
+from ledger.consent.entries import KEY_KINDS, KINDS, SUBJECT_KINDS, EntryKind, subject_of
 from ledger.consent.projection import PROJECTION_COLUMNS, Projector
 from ledger.consent.subjects import commitment
 from ledger.errors import InvalidInput, NotInitialized, VerificationError
@@ -51,7 +52,7 @@ from ledger.store.db import read_session
 from ledger.store.schema import LedgerState
 from ledger.tlog import merkle
 from ledger.tlog.canonical import parse_canonical
-from ledger.tlog.log import SUBJECT_KINDS, LogEntry
+from ledger.tlog.log import LogEntry
 from ledger.tlog.notes import (
     Checkpoint,
     Note,
@@ -61,19 +62,6 @@ from ledger.tlog.notes import (
     verify_note_signatures,
 )
 
-KNOWN_KINDS = frozenset(
-    {
-        "ledger.initialized",
-        "key.added",
-        "key.retired",
-        "policy.published",
-        "subject.registered",
-        "subject.updated",
-        "consent.recorded",
-        "subject.erased",
-    }
-)
-KEY_KINDS = frozenset({"ledger.initialized", "key.added", "key.retired"})
 # Entries per chunk: the parsed entries of one chunk are held at once (~2 KB each).
 CHUNK = 10_000
 
@@ -258,9 +246,9 @@ class _Verifier:
                 or seq == 0
             ):
                 self._check_entry_shape(seq, body, kind, subject)
-            if stated == "subject.registered":
+            if stated == EntryKind.SUBJECT_REGISTERED:
                 self._registered(seq, data, subject)
-            elif stated == "subject.erased":
+            elif stated == EntryKind.SUBJECT_ERASED:
                 self.erasures[seq] = subject
             leaves += sha256(b"\x00" + canonical).digest()
             entries.append(LogEntry(seq, canonical, body))
@@ -280,21 +268,21 @@ class _Verifier:
         if body.get("v") != 1 or not isinstance(body.get("data"), dict):
             raise VerificationError("bytes changed: not a version 1 entry", subject=where)
         stated = body.get("kind")
-        if not isinstance(stated, str) or stated not in KNOWN_KINDS:
+        if not isinstance(stated, str) or stated not in KINDS:
             raise VerificationError(f"unknown kind {stated!r}", subject=where)
         if kind != stated:
             raise VerificationError(
                 f"row says kind {kind!r} but the bytes say {stated!r}", subject=where
             )
         data = body["data"]
-        expected_subject = data.get("subject") if stated in SUBJECT_KINDS else None
+        expected_subject = subject_of(stated, data)
         if subject != expected_subject:
             raise VerificationError(
                 f"row says subject {subject!r} but the bytes say {expected_subject!r}",
                 subject=where,
             )
         if seq == 0:
-            if stated != "ledger.initialized":
+            if stated != EntryKind.LEDGER_INITIALIZED:
                 raise VerificationError("the first entry is not ledger.initialized", subject=where)
             origin = data.get("origin")
             if not isinstance(origin, str):
@@ -308,7 +296,7 @@ class _Verifier:
         where = f"entry {seq}"
         if not isinstance(text, str):
             raise VerificationError("names no verifier key", subject=where)
-        if kind == "key.retired":
+        if kind == EntryKind.KEY_RETIRED:
             self.key_events.append(_KeyEvent(seq, kind, text, None))
             return
         try:
@@ -627,9 +615,9 @@ class _Verifier:
     def _registration_seq(self, ref: str) -> int:
         placeholder = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
         seq: int = self.conn.exec_driver_sql(
-            "SELECT MIN(seq) FROM log_entries WHERE kind = 'subject.registered' "
+            f"SELECT MIN(seq) FROM log_entries WHERE kind = {placeholder} "
             f"AND subject = {placeholder}",
-            (ref,),
+            (EntryKind.SUBJECT_REGISTERED.value, ref),
         ).scalar_one()
         return seq
 

@@ -58,7 +58,9 @@ from tests.e2e.independent import (
 )
 
 ORIGIN = "test.example/cli"
-DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "ledger" / "consent" / "policies" / "default.toml"
+DEFAULT_POLICY = (
+    Path(__file__).resolve().parents[1] / "ledger" / "consent" / "policies" / "default.toml"
+)
 VERIFIER_KEY = re.compile(r"^[^\s+]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*$")
 
 

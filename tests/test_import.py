@@ -35,6 +35,7 @@ import rfc8785
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
+from ledger.consent import entries
 from ledger.consent.projection import Projector
 from ledger.demo import generate_rows, write_csv, write_jsonl
 from ledger.errors import InvalidInput, VerificationError
@@ -530,7 +531,7 @@ def test_a_prepared_batch_whose_tree_does_not_give_its_signed_root_is_refused(
     before = snapshot(ledger)
     with read_session(ledger.engine) as session:
         head = read_head(session)
-    writer = LogWriter.at(head, actor=ACTOR, keep_nodes=False)
+    writer = LogWriter.at(head, actor=ACTOR, keep_nodes=False, subject_of=entries.subject_of)
     for number in range(3):
         writer.append(
             "subject.registered",

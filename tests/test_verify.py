@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
+from ledger.consent import entries
 from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy, default_policy
 from ledger.consent.projection import Projector
@@ -720,7 +721,7 @@ def test_a_second_registration_of_a_reference_must_be_opened_too(history: Histor
     # must open every registration of its reference, not just the first.
     ledger, ref = history.ledger, history.refs["alice"]
     with write_session(ledger.engine) as session:
-        writer = LogWriter.open(session, actor=ACTOR)
+        writer = LogWriter.open(session, actor=ACTOR, subject_of=entries.subject_of)
         forged = writer.append(
             "subject.registered",
             {"subject": ref, "commitment": b64(b"\x00" * 32), "jurisdiction": "US", "minor": False},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 from ledger.consent.policy import Policy
 from ledger.errors import InvalidInput
@@ -31,10 +31,23 @@ class DecisionRequest:
     expires: object = None
 
 
+class ConsentTerms(NamedTuple):
+    """A validated decision: the data of a `consent.recorded` entry but its subject."""
+
+    category: str
+    purpose: str
+    decision: str
+    explicit: bool
+    method: str
+    notice: str | None
+    effective: str
+    expires: str | None
+
+
 def validate_decision(
     request: DecisionRequest, policy: Policy, *, now: str, field: str = "decision"
-) -> dict[str, Any]:
-    """The `consent.recorded` data for a request (without `subject`), or InvalidInput."""
+) -> ConsentTerms:
+    """The terms of a `consent.recorded` entry for a request, or InvalidInput."""
     if request.decision not in DECISIONS:
         raise InvalidInput(
             f"must be one of {', '.join(DECISIONS)}, got {request.decision!r}",
@@ -78,16 +91,16 @@ def validate_decision(
             raise InvalidInput(
                 f"must be later than effective ({effective})", field=f"{field}.expires"
             )
-    return {
-        "category": category,
-        "purpose": purpose,
-        "decision": request.decision,
-        "explicit": request.explicit,
-        "method": request.method,
-        "notice": notice,
-        "effective": effective,
-        "expires": expires,
-    }
+    return ConsentTerms(
+        category=category,
+        purpose=purpose,
+        decision=str(request.decision),
+        explicit=request.explicit,
+        method=request.method,
+        notice=notice,
+        effective=effective,
+        expires=expires,
+    )
 
 
 def _text(value: object, field: str) -> str:

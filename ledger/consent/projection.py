@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ledger.consent.entries import SUBJECT_STATE_KINDS, EntryKind
 from ledger.tlog.canonical import canonical_bytes
 from ledger.tlog.log import LogEntry
 
@@ -36,7 +37,6 @@ PROJECTION_COLUMNS: dict[str, tuple[str, ...]] = {
 Rows = list[tuple[Any, ...]]
 # (table, its PROJECTION_COLUMNS, rows), as `ledger.tlog.log` inserts them.
 Projected = list[tuple[str, tuple[str, ...], Rows]]
-_SUBJECT_KINDS = frozenset({"subject.registered", "subject.updated", "subject.erased"})
 
 
 class Projector:
@@ -62,7 +62,7 @@ class Projector:
         for entry in entries:
             body = entry.body
             kind, data = body["kind"], body["data"]
-            if kind == "consent.recorded":
+            if kind == EntryKind.CONSENT_RECORDED:
                 decisions.append(
                     (
                         entry.seq,
@@ -77,12 +77,12 @@ class Projector:
                         data["expires"],
                     )
                 )
-            elif kind in _SUBJECT_KINDS:
+            elif kind in SUBJECT_STATE_KINDS:
                 row = subject_row(entry)
                 versions.append(
                     (row["ref"], row["seq"], row["jurisdiction"], row["minor"], row["erased"])
                 )
-            elif kind == "policy.published":
+            elif kind == EntryKind.POLICY_PUBLISHED:
                 document = canonical_bytes(data["policy"]).decode()
                 policies.append((data["version"], entry.seq, document))
         rows = {
@@ -101,7 +101,7 @@ class Projector:
             "seq": entry.seq,
             "jurisdiction": data.get("jurisdiction", prior["jurisdiction"]),
             "minor": data.get("minor", prior["minor"]),
-            "erased": entry.kind == "subject.erased",
+            "erased": entry.kind == EntryKind.SUBJECT_ERASED,
         }
         self._subjects[ref] = row
         return row

@@ -41,7 +41,13 @@ from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger.consent.decisions import DEFAULT_PURPOSE, DecisionRequest, validate_decision
+from ledger.consent import entries
+from ledger.consent.decisions import (
+    DEFAULT_PURPOSE,
+    ConsentTerms,
+    DecisionRequest,
+    validate_decision,
+)
 from ledger.consent.policy import Policy
 from ledger.consent.projection import Projector, SubjectRow
 from ledger.consent.subjects import (
@@ -149,8 +155,8 @@ class ImportRecord:
     jurisdiction_given: bool
     minor: bool | None
     decision: DecisionRequest | None
-    # The decision's `consent.recorded` data (without `subject`), once validated.
-    data: dict[str, Any] | None = None
+    # The decision's terms, once validated.
+    terms: ConsentTerms | None = None
 
 
 @dataclass
@@ -376,13 +382,13 @@ def parse_record(
             line, subject_id, jurisdiction, jurisdiction_value is not None, minor, None
         )
     request = _decision_request(decision_value, given)
-    data = None
+    terms = None
     if check_decision:
         if now is None:
             now = format_timestamp(utc_now())
-        data = validate_decision(request, policy, now=now, field="row")
+        terms = validate_decision(request, policy, now=now, field="row")
     return ImportRecord(
-        line, subject_id, jurisdiction, jurisdiction_value is not None, minor, request, data
+        line, subject_id, jurisdiction, jurisdiction_value is not None, minor, request, terms
     )
 
 
@@ -419,19 +425,11 @@ def spool_fields(record: ImportRecord) -> list[Any]:
         record.minor,
     ]
     if record.decision is not None:
-        data = record.data
-        assert data is not None, "spooled records are validated"
-        fields += (
-            data["category"],
-            data["purpose"],
-            data["decision"],
-            data["explicit"],
-            data["method"],
-            data["notice"],
-            # None: the time of the append, as for any decision without one.
-            None if record.decision.effective is None else data["effective"],
-            data["expires"],
-        )
+        terms = record.terms
+        assert terms is not None, "spooled records are validated"
+        fields += terms[:-2]
+        # None: the time of the append, as for any decision without one.
+        fields += (None if record.decision.effective is None else terms.effective, terms.expires)
     return fields
 
 
@@ -523,8 +521,8 @@ class RowValidator:
         given = {name: value for name, value in zip(_SHAPE, key, strict=True) if not _blank(value)}
         request = _decision_request(given.get("decision"), given)
         # No times in the request: validate_decision's `now` does not reach the shape.
-        data = validate_decision(request, self._policy, now="", field="row")
-        return tuple(data[name] for name in _SHAPE)
+        terms = validate_decision(request, self._policy, now="", field="row")
+        return tuple(getattr(terms, name) for name in _SHAPE)
 
     def _jurisdiction(self, value: Any) -> str | None:
         code = self._jurisdictions.get(value)
@@ -816,7 +814,11 @@ def _prepare_batch(
     """
     mappings, latest = known
     writer = LogWriter.at(
-        head, actor=context.actor, session=session, keep_nodes=session is not None
+        head,
+        actor=context.actor,
+        session=session,
+        keep_nodes=session is not None,
+        subject_of=entries.subject_of,
     )
     # A copy: `latest` moves on as rows are appended, the projector starts from the
     # versions before the batch.
@@ -828,7 +830,7 @@ def _prepare_batch(
     append = None
     if writer.pending:
         append = writer.prepare([context.signer_for(writer.verifier_key)], projector.project)
-    entries = writer.next_seq - head.size
+    appended = writer.next_seq - head.size
     prepared = _PreparedBatch(
         import_id=import_id,
         start=batch.start,
@@ -838,8 +840,8 @@ def _prepare_batch(
         mappings=new_mappings,
         append=append,
         rows=len(batch.rows),
-        entries=entries,
-        entries_written=entries_before + entries,
+        entries=appended,
+        entries_written=entries_before + appended,
     )
     return prepared, writer.head()
 
@@ -1278,16 +1280,10 @@ def _append_row(
         ref, salt = randomness.ref_and_salt()
         mappings[subject_id] = ref
         new_mappings.append((subject_id, ref, salt))
-        entry = writer.append(
-            "subject.registered",
-            {
-                "subject": ref,
-                "commitment": commitment(salt, subject_id),
-                "jurisdiction": jurisdiction,
-                "minor": bool(minor),
-            },
-            vetted=True,
+        registered = entries.subject_registered(
+            ref, commitment(salt, subject_id), jurisdiction, bool(minor)
         )
+        entry = writer.append(*registered, vetted=True)
         latest[ref] = {
             "ref": ref,
             "seq": entry.seq,
@@ -1297,37 +1293,22 @@ def _append_row(
         }
     elif len(row) == 6:
         current = latest[ref]
-        changed: dict[str, Any] = {}
-        if jurisdiction_given and jurisdiction != current["jurisdiction"]:
-            changed["jurisdiction"] = jurisdiction
-        if minor is not None and minor != current["minor"]:
-            changed["minor"] = minor
-        if changed:
-            entry = writer.append("subject.updated", {"subject": ref, **changed}, vetted=True)
-            latest[ref] = {**current, **changed, "seq": entry.seq}
-    if len(row) > 6:
-        category, purpose, decision, explicit, method, notice, effective, expires = row[6:]
-        if effective is None:
-            effective = writer.time
-            if expires is not None and expires <= effective:
-                raise InvalidInput(
-                    f"must be later than effective ({effective})", field=f"line {line}, expires"
-                )
-        writer.append(
-            "consent.recorded",
-            {
-                "subject": ref,
-                "category": category,
-                "purpose": purpose,
-                "decision": decision,
-                "explicit": explicit,
-                "method": method,
-                "notice": notice,
-                "effective": effective,
-                "expires": expires,
-            },
-            vetted=True,
+        changes = entries.subject_changes(
+            current, jurisdiction, minor, jurisdiction_given=jurisdiction_given
         )
+        if changes:
+            entry = writer.append(*entries.subject_updated(ref, changes), vetted=True)
+            latest[ref] = {**current, **changes, "seq": entry.seq}
+    if len(row) > 6:
+        terms = ConsentTerms(*row[6:])
+        if terms.effective is None:
+            terms = terms._replace(effective=writer.time)
+            if terms.expires is not None and terms.expires <= terms.effective:
+                raise InvalidInput(
+                    f"must be later than effective ({terms.effective})",
+                    field=f"line {line}, expires",
+                )
+        writer.append(*entries.consent_recorded(ref, terms), vetted=True)
 
 
 def _chunks(items: list[Any], size: int = 900) -> Iterator[list[Any]]:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from ledger.consent.entries import EntryKind
 from ledger.consent.subjects import erased_id_hash, validate_subject_id
 from ledger.errors import Conflict, NotFound
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
@@ -161,7 +162,7 @@ def verifier_key_before(session: Session, size: int) -> str:
     row = session.execute(
         select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
         .where(
-            col(LogEntryRow.kind).in_(("ledger.initialized", "key.added")),
+            col(LogEntryRow.kind).in_((EntryKind.LEDGER_INITIALIZED, EntryKind.KEY_ADDED)),
             col(LogEntryRow.seq) < size,
         )
         .order_by(col(LogEntryRow.seq).desc())

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.consent.entries import SUBJECT_KINDS
 from ledger.consent.subjects import commitment
 from ledger.errors import InvalidInput, VerificationError
 from ledger.gcpause import no_gc
@@ -25,7 +26,6 @@ from ledger.reports.subject import build_subject_content
 from ledger.tlog import merkle
 from ledger.tlog.canonical import canonical_bytes
 from ledger.tlog.evidence import EvidenceBundle, verify_bundle
-from ledger.tlog.log import SUBJECT_KINDS
 from ledger.tlog.notes import Checkpoint, VerifierKey, b64, open_checkpoint, unb64
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from ledger.consent import entries
 from ledger.consent.decisions import DEFAULT_PURPOSE, DecisionRequest, validate_decision
 from ledger.consent.eligibility import (
     BatchEvaluator,
@@ -29,6 +30,7 @@ from ledger.consent.eligibility import (
     SubjectState,
     evaluate_eligibility,
 )
+from ledger.consent.entries import EntryKind
 from ledger.consent.policy import Policy, default_policy
 from ledger.consent.projection import Projector, SubjectRow
 from ledger.consent.subjects import (
@@ -353,12 +355,8 @@ class ConsentLedger:
         policy = default_policy()
 
         def genesis(writer: LogWriter) -> None:
-            writer.append(
-                "ledger.initialized", {"origin": origin, "verifier_key": str(key.verifier_key)}
-            )
-            writer.append(
-                "policy.published", {"version": policy.version, "policy": policy.to_document()}
-            )
+            writer.append(*entries.ledger_initialized(origin, str(key.verifier_key)))
+            writer.append(*entries.policy_published(policy))
 
         with write_session(ledger.engine) as session:
             sealed = log.create_log(
@@ -368,6 +366,7 @@ class ConsentLedger:
                 genesis=genesis,
                 signers=[key],
                 project=Projector().project,
+                subject_of=entries.subject_of,
             )
         ledger.keys.promote_staged()
         ledger._signing_key = key
@@ -424,8 +423,8 @@ class ConsentLedger:
         new = self.keys.stage(self.signing_key().name)
 
         def build(writer: LogWriter, session: Session) -> None:
-            writer.append("key.added", {"verifier_key": str(new.verifier_key)})
-            writer.append("key.retired", {"verifier_key": writer.verifier_key})
+            writer.append(*entries.key_added(str(new.verifier_key)))
+            writer.append(*entries.key_retired(writer.verifier_key))
             log.set_verifier_key(session, str(new.verifier_key))
 
         sealed = self._write(actor, build, extra_signers=[new])
@@ -453,7 +452,7 @@ class ConsentLedger:
             return sealed
         signer = self.signing_key()
         with write_session(self.engine) as session:
-            writer = LogWriter.open(session, actor=actor)
+            writer = LogWriter.open(session, actor=actor, subject_of=entries.subject_of)
             if str(signer.verifier_key) != writer.verifier_key:
                 # Another process rotated the key since we loaded ours.
                 signer = self._load_signing_key(writer.verifier_key)
@@ -469,7 +468,7 @@ class ConsentLedger:
         """One transaction for a group of writes; each in a savepoint of its own."""
         signer = self.signing_key()
         with write_session(self.engine) as session:
-            writer = LogWriter.open(session, actor=group[0].actor)
+            writer = LogWriter.open(session, actor=group[0].actor, subject_of=entries.subject_of)
             if str(signer.verifier_key) != writer.verifier_key:
                 signer = self._load_signing_key(writer.verifier_key)
             for request in group:
@@ -556,10 +555,10 @@ class ConsentLedger:
             policy = self._current_policy(session)
             first = writer.next_seq
             for position, request in enumerate(decisions):
-                data = validate_decision(
+                terms = validate_decision(
                     request, policy, now=writer.time, field=f"decisions[{position}]"
                 )
-                writer.append("consent.recorded", {"subject": mapping.ref, **data})
+                writer.append(*entries.consent_recorded(mapping.ref, terms))
             if idempotency is not None:
                 session.add(
                     IdempotencyRecord(
@@ -588,7 +587,7 @@ class ConsentLedger:
             if mapping is None:
                 _refuse_unknown_subject(session, subject_id, erasure_secret)
                 raise AssertionError("unreachable")
-            entry = writer.append("subject.erased", {"subject": mapping.ref})
+            entry = writer.append(*entries.subject_erased(mapping.ref))
             session.execute(
                 delete(SubjectMapping).where(col(SubjectMapping.subject_id) == subject_id)
             )
@@ -610,9 +609,7 @@ class ConsentLedger:
                     f"policy version {policy.version} is not newer than the version in force "
                     f"({current})"
                 )
-            writer.append(
-                "policy.published", {"version": policy.version, "policy": policy.to_document()}
-            )
+            writer.append(*entries.policy_published(policy))
 
         sealed = self._write(actor, build)
         assert sealed is not None
@@ -1038,25 +1035,16 @@ def register_or_update(
             raise Conflict(f"subject {subject_id!r} was erased and cannot be registered again")
         ref, salt = new_subject_ref(), new_salt()
         session.add(SubjectMapping(subject_id=subject_id, ref=ref, salt=salt))
-        return writer.append(
-            "subject.registered",
-            {
-                "subject": ref,
-                "commitment": commitment(salt, subject_id),
-                "jurisdiction": jurisdiction,
-                "minor": minor,
-            },
+        registered = entries.subject_registered(
+            ref, commitment(salt, subject_id), jurisdiction, minor
         )
+        return writer.append(*registered)
     latest = _latest_subject_row(session, mapping.ref)
     assert latest is not None
-    changed: dict[str, Any] = {}
-    if latest["jurisdiction"] != jurisdiction:
-        changed["jurisdiction"] = jurisdiction
-    if latest["minor"] != minor:
-        changed["minor"] = minor
-    if not changed:
+    changes = entries.subject_changes(latest, jurisdiction, minor)
+    if not changes:
         return None
-    return writer.append("subject.updated", {"subject": mapping.ref, **changed})
+    return writer.append(*entries.subject_updated(mapping.ref, changes))
 
 
 def _is_erased(session: Session, subject_id: str, secret: bytes) -> bool:
@@ -1090,7 +1078,7 @@ def _latest_subject_row(session: Session, ref: str) -> SubjectRow | None:
 
 def _latest_verifier_key(session: Session, *, before: int | None = None) -> str:
     query = select(col(LogEntryRow.seq), col(LogEntryRow.canonical)).where(
-        col(LogEntryRow.kind).in_(("ledger.initialized", "key.added"))
+        col(LogEntryRow.kind).in_((EntryKind.LEDGER_INITIALIZED, EntryKind.KEY_ADDED))
     )
     if before is not None:
         query = query.where(col(LogEntryRow.seq) < before)

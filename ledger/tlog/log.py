@@ -39,12 +39,6 @@ from ledger.tlog.notes import Checkpoint, NoteSigner, sign_checkpoint
 
 ENTRY_VERSION = 1
 
-# Kinds whose `data.subject` names a subject reference; the entry row carries
-# it too so that a subject's history is one indexed read.
-SUBJECT_KINDS = frozenset(
-    {"subject.registered", "subject.updated", "consent.recorded", "subject.erased"}
-)
-
 
 class LogEntry(NamedTuple):
     """One entry: its seq, its canonical bytes (what the tree hashes) and their parse.
@@ -216,10 +210,18 @@ def read_node_ranges(
     return found
 
 
-# A projection hook: given the entries of one append, rows to insert into
-# derived tables, as (table, columns, rows). Supplied by the caller so that the log
-# knows nothing about consent.
+# The log's two hooks, supplied by the caller so that the log knows nothing of what
+# entries mean. A projection hook: given the entries of one append, rows to insert
+# into derived tables, as (table, columns, rows).
 ProjectionHook = Callable[[Sequence[LogEntry]], Sequence[TableRows]]
+# A subject hook: the subject an entry (kind, data) concerns, stored beside it in
+# `log_entries.subject` so that a subject's history is one indexed read.
+SubjectOf = Callable[[str, Mapping[str, Any]], str | None]
+
+
+def no_subject(kind: str, data: Mapping[str, Any]) -> str | None:
+    """The subject hook of a log whose entries concern no subject."""
+    return None
 
 
 @dataclass
@@ -239,13 +241,14 @@ class LogWriter:
     _leaves: list[bytes] = field(default_factory=list)
     _projected: int = 0
     _keep_nodes: bool = True
+    _subject_of: SubjectOf = no_subject
 
     @classmethod
-    def open(cls, session: Session, *, actor: str) -> LogWriter:
+    def open(cls, session: Session, *, actor: str, subject_of: SubjectOf = no_subject) -> LogWriter:
         """Read the committed head. The caller holds the write lock (`write_session`)."""
         # The time is taken only after the head, under the lock: entry times never go
         # backwards along seq.
-        return cls.at(read_head(session), actor=actor, session=session)
+        return cls.at(read_head(session), actor=actor, session=session, subject_of=subject_of)
 
     @classmethod
     def at(
@@ -255,6 +258,7 @@ class LogWriter:
         actor: str,
         session: Session | None = None,
         keep_nodes: bool = True,
+        subject_of: SubjectOf = no_subject,
     ) -> LogWriter:
         """A writer building on `head`. Without a session it can only `prepare`, and only
         without `keep_nodes`: whoever writes the result must check, under the write lock,
@@ -268,6 +272,7 @@ class LogWriter:
             verifier_key=head.verifier_key,
             _base=head,
             _keep_nodes=keep_nodes,
+            _subject_of=subject_of,
         )
 
     def head(self) -> LogHead:
@@ -299,6 +304,8 @@ class LogWriter:
         """Add an entry. `vetted`: `data` was built by the ledger from validated values,
         so its canonical bytes need no safety walk (see `canonical_bytes`)."""
         seq = self._base.size + len(self._pending)
+        # Plain text, also when `kind` is an enum member: canonical bytes hold only JSON types.
+        kind = str(kind)
         body = {
             "v": ENTRY_VERSION,
             "seq": seq,
@@ -313,8 +320,7 @@ class LogWriter:
         entry = LogEntry(seq, canonical, body)
         self._leaves.append(merkle.leaf_hash(canonical))
         self._pending.append(entry)
-        subject = data.get("subject") if kind in SUBJECT_KINDS else None
-        self._rows.append((seq, kind, subject, canonical))
+        self._rows.append((seq, kind, self._subject_of(kind, data), canonical))
         return entry
 
     def mark(self) -> WriterMark:
@@ -401,6 +407,7 @@ def create_log(
     genesis: Callable[[LogWriter], None],
     signers: Sequence[NoteSigner],
     project: ProjectionHook | None = None,
+    subject_of: SubjectOf = no_subject,
 ) -> SealedAppend:
     """Start a new, empty log and append its first entries in the same transaction."""
     session.execute(
@@ -408,7 +415,7 @@ def create_log(
             id=1, origin=origin, tree_size=0, verifier_key=str(signers[0].verifier_key)
         )
     )
-    writer = LogWriter.open(session, actor=actor)
+    writer = LogWriter.open(session, actor=actor, subject_of=subject_of)
     genesis(writer)
     return writer.seal(signers, project)
 
