@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.consent.decisions import DEFAULT_PURPOSE
+
 Decision = Literal["granted", "denied", "withdrawn"]
 
 
@@ -22,7 +24,7 @@ class SubjectBody(Strict):
 
 class DecisionBody(Strict):
     category: str = Field(max_length=128, examples=["content.public"])
-    purpose: str = Field(default="ai-training", max_length=128)
+    purpose: str = Field(default=DEFAULT_PURPOSE, max_length=128)
     decision: Decision
     explicit: bool = False
     method: str = Field(default="api", max_length=64)

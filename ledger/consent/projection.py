@@ -13,7 +13,7 @@ from typing import Any
 
 from ledger.consent.entries import SUBJECT_STATE_KINDS, EntryKind
 from ledger.tlog.canonical import canonical_bytes
-from ledger.tlog.log import LogEntry
+from ledger.tlog.log import LogEntry, Rows, TableRows
 
 SubjectRow = dict[str, Any]
 # Each projection table's columns: `project` gives its rows as tuples in this order
@@ -34,9 +34,8 @@ PROJECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "policy_versions": ("version", "seq", "document"),
 }
-Rows = list[tuple[Any, ...]]
 # (table, its PROJECTION_COLUMNS, rows), as `ledger.tlog.log` inserts them.
-Projected = list[tuple[str, tuple[str, ...], Rows]]
+Projected = list[TableRows]
 
 
 class Projector:

@@ -59,7 +59,7 @@ from ledger.consent.subjects import (
 )
 from ledger.errors import InvalidInput, LedgerError
 from ledger.gcpause import no_gc
-from ledger.store.db import bulk_insert, make_engine, read_session, write_session
+from ledger.store.db import bulk_insert, in_chunks, make_engine, read_session, write_session
 from ledger.store.schema import (
     ErasedSubject,
     ImportProgress,
@@ -727,7 +727,7 @@ def _erased_rows(
         if session.scalar(select(col(ErasedSubject.id_hash)).limit(1)) is None:
             return []
         by_hash = {erased_id_hash(erasure_secret, sid): sid for sid in by_id}
-        for chunk in _chunks(list(by_hash)):
+        for chunk in in_chunks(list(by_hash)):
             for (id_hash,) in session.execute(
                 select(col(ErasedSubject.id_hash)).where(col(ErasedSubject.id_hash).in_(chunk))
             ):
@@ -1231,7 +1231,7 @@ def _load_batch_subjects(
     flight) where it knows them, else from the database."""
     overlay_mappings, overlay_latest = overlay
     mappings, ids = _known_and_unknown({row[2] for row in batch}, overlay_mappings)
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         for subject_id, ref in session.execute(
             select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
                 col(SubjectMapping.subject_id).in_(chunk)
@@ -1239,7 +1239,7 @@ def _load_batch_subjects(
         ):
             mappings[subject_id] = ref
     latest, refs = _known_and_unknown(mappings.values(), overlay_latest)
-    for chunk in _chunks(refs):
+    for chunk in in_chunks(refs):
         for row in session.execute(
             select(SubjectVersion.__table__).where(  # type: ignore[attr-defined]
                 col(SubjectVersion.ref).in_(chunk)
@@ -1309,8 +1309,3 @@ def _append_row(
                     field=f"line {line}, expires",
                 )
         writer.append(*entries.consent_recorded(ref, terms), vetted=True)
-
-
-def _chunks(items: list[Any], size: int = 900) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -62,7 +62,7 @@ from ledger.service.groupcommit import GroupCommitter, GroupRequest
 from ledger.service.keys import KeyStore, SigningKey
 from ledger.service.subjectcache import SubjectCache
 from ledger.settings import Settings
-from ledger.store.db import make_engine, read_session, translated_errors, write_session
+from ledger.store.db import in_chunks, make_engine, read_session, translated_errors, write_session
 from ledger.store.migrate import upgrade_if_behind, upgrade_schema
 from ledger.store.schema import (
     ApiClient,
@@ -82,8 +82,6 @@ from ledger.tlog.log import LogEntry, LogWriter, SealedAppend
 from ledger.tlog.notes import VerifierKey, validate_origin
 
 ERASURE_SECRET = "erasure"
-# SQL parameter lists are chunked to stay far below every driver's limit.
-_IN_CHUNK = 900
 # How old the log head a check is answered at may be, per engine (see `LogHead`):
 # SQLite reads it in-process in ~6 µs, so every request reads it afresh. On
 # PostgreSQL it is a network round trip that must not hold up an event loop:
@@ -841,7 +839,7 @@ class ConsentLedger:
         if unmapped:
             secret = self.keys.secret(ERASURE_SECRET)
             hashes = {erased_id_hash(secret, subject_id): subject_id for subject_id in unmapped}
-            for chunk in _chunks(list(hashes)):
+            for chunk in in_chunks(list(hashes)):
                 for (id_hash,) in session.execute(
                     select(col(ErasedSubject.id_hash)).where(col(ErasedSubject.id_hash).in_(chunk))
                 ):
@@ -1149,11 +1147,6 @@ def _kept(exc: InvalidInput) -> InvalidInput:
     # parsing frame, and with it the whole batch, in a cycle only the cyclic GC
     # frees — a stream's memory grew by ~40 KB per 2,000-line chunk until it ran.
     return exc.with_traceback(None)
-
-
-def _chunks(items: list[Any]) -> Iterable[list[Any]]:
-    for start in range(0, len(items), _IN_CHUNK):
-        yield items[start : start + _IN_CHUNK]
 
 
 def _now() -> str:

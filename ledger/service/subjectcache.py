@@ -34,9 +34,8 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from ledger.consent.eligibility import Decision, SubjectState
+from ledger.store.db import in_chunks
 from ledger.store.schema import ConsentDecision, SubjectMapping, SubjectVersion
-
-_IN_CHUNK = 900
 
 # What one cached subject and each of its rows cost in CPython objects, measured
 # with tracemalloc (`python -m bench.profiles memory-batch`): the subject with its
@@ -237,7 +236,7 @@ def _load(session: Session, subject_ids: list[str], tree_size: int) -> dict[str,
     """Full histories (below `tree_size`) of the registered ids, in grouped queries."""
     subjects: dict[str, _Subject] = {}
     id_of_ref: dict[str, str] = {}
-    for chunk in _chunks(subject_ids):
+    for chunk in in_chunks(subject_ids):
         for subject_id, ref in session.execute(
             select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
                 col(SubjectMapping.subject_id).in_(chunk)
@@ -246,7 +245,7 @@ def _load(session: Session, subject_ids: list[str], tree_size: int) -> dict[str,
             subjects[subject_id] = _Subject(ref=ref)
             id_of_ref[ref] = subject_id
     refs = list(id_of_ref)
-    for chunk in _chunks(refs):
+    for chunk in in_chunks(refs):
         for ref, seq, jurisdiction, minor, erased in session.execute(
             select(
                 col(SubjectVersion.ref),
@@ -268,8 +267,3 @@ def _load(session: Session, subject_ids: list[str], tree_size: int) -> dict[str,
     # A mapping without versions below tree_size was registered by a write this
     # snapshot cannot see yet: leave it out rather than cache it half-built.
     return {sid: subject for sid, subject in subjects.items() if subject.versions}
-
-
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), _IN_CHUNK):
-        yield items[start : start + _IN_CHUNK]

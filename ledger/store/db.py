@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -23,10 +23,23 @@ from sqlalchemy.orm import Session
 
 from ledger.errors import AppendOnlyViolation, NotInitialized, ReadOnlyDatabase
 
+T = TypeVar("T")
+
 # An arbitrary, fixed 64-bit key: every writer of this database contends for it.
 _WRITE_LOCK_KEY = 0x636F6E73656E74  # "consent"
 _WRITE = "consent_ledger_write"
 SQLITE_PAGE_SIZE = 16_384
+
+
+# SQL parameter lists are chunked to stay far below every driver's limit (SQLite's
+# is 999 in old builds, psycopg's 65,535).
+IN_CLAUSE_LIMIT = 900
+
+
+def in_chunks(items: Sequence[T], size: int = IN_CLAUSE_LIMIT) -> Iterator[Sequence[T]]:
+    """`items` in slices of at most `size`: the values of one SQL `IN (...)` each."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
