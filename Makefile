@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict ledger
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
