@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Path, Response
 from api.deps import AdminClient, LedgerDep, ReadClient, RecordClient
 from api.models import ConsentsBody, SubjectBody, WriteOut
 from ledger.consent.decisions import DecisionRequest
+from ledger.consent.entries import EntryKind
 from ledger.service import IdempotencyKey
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
@@ -36,7 +37,7 @@ def put_subject(
     )
     if sealed is None:
         return {"token": ledger.tree_size(), "receipt": None}
-    if sealed.entries[0].kind == "subject.registered":
+    if sealed.entries[0].kind == EntryKind.SUBJECT_REGISTERED:
         response.status_code = 201
     return {"token": sealed.tree_size, "receipt": ledger.receipt(sealed).to_json()}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ledger.consent.decisions import DEFAULT_PURPOSE
 from ledger.consent.eligibility import Decision, SubjectState, evaluate_eligibility
+from ledger.consent.entries import EntryKind
 from ledger.consent.policy import WILDCARD, Policy, ancestors
 
 DECISION_KINDS = ("granted", "denied", "withdrawn")
@@ -176,18 +177,18 @@ def subject_facts(ref: str, bodies: Iterable[Mapping[str, Any]]) -> SubjectFacts
         kind, data = body["kind"], body["data"]
         if data.get("subject") != ref:
             continue
-        if kind == "subject.registered":
+        if kind == EntryKind.SUBJECT_REGISTERED:
             facts.commitment = data["commitment"]
             facts.registered_seq = body["seq"]
             facts.registered_time = body["time"]
             facts.jurisdiction = data["jurisdiction"]
             facts.minor = data["minor"]
-        elif kind == "subject.updated":
+        elif kind == EntryKind.SUBJECT_UPDATED:
             facts.jurisdiction = data.get("jurisdiction", facts.jurisdiction)
             facts.minor = data.get("minor", facts.minor)
-        elif kind == "subject.erased":
+        elif kind == EntryKind.SUBJECT_ERASED:
             facts.erased = True
-        elif kind == "consent.recorded":
+        elif kind == EntryKind.CONSENT_RECORDED:
             facts.decisions.append((body["seq"], dict(body)))
     return facts
 
@@ -292,7 +293,7 @@ class PeriodFigures:
             self.first_time = time
         self.last_time = time
         self.kinds[kind] += 1
-        if kind == "consent.recorded":
+        if kind == EntryKind.CONSENT_RECORDED:
             ref = data["subject"]
             category, decision = data["category"], data["decision"]
             if ref not in self._touched:
@@ -321,10 +322,10 @@ class PeriodFigures:
                     data["expires"],
                 )
             )
-        elif kind == "subject.registered":
+        elif kind == EntryKind.SUBJECT_REGISTERED:
             self.subjects[data["subject"]] = _Subject(data["jurisdiction"], data["minor"])
             self._touched.add(data["subject"])
-        elif kind == "subject.updated":
+        elif kind == EntryKind.SUBJECT_UPDATED:
             ref = data["subject"]
             if ref not in self._touched:
                 self._touched.add(ref)
@@ -333,12 +334,12 @@ class PeriodFigures:
             subject = self.subjects.setdefault(ref, _Subject(None, False))
             subject.jurisdiction = data.get("jurisdiction", subject.jurisdiction)
             subject.minor = data.get("minor", subject.minor)
-        elif kind == "subject.erased":
+        elif kind == EntryKind.SUBJECT_ERASED:
             ref = data["subject"]
             self._touched.add(ref)
             self.subjects.setdefault(ref, _Subject(None, False)).erased = True
             self.decisions.pop(ref, None)
-        elif kind == "policy.published":
+        elif kind == EntryKind.POLICY_PUBLISHED:
             self.policies.add(seq, data)
             self._policy(seq + 1)
             self.published.append({"version": data["version"], "seq": seq, "time": time})

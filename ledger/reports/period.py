@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from ledger.consent.eligibility import Decision
+from ledger.consent.entries import EntryKind
 from ledger.errors import InvalidInput, LedgerError, NotFound
 from ledger.gcpause import no_gc
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
@@ -267,7 +268,7 @@ def _first_at_or_after(conn: Connection, moment: str, size: int) -> int:
 def _policy_entries(session: Session, before: int) -> list[LogEntry]:
     rows = session.execute(
         select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
-        .where(col(LogEntryRow.kind) == "policy.published", col(LogEntryRow.seq) < before)
+        .where(col(LogEntryRow.kind) == EntryKind.POLICY_PUBLISHED, col(LogEntryRow.seq) < before)
         .order_by(col(LogEntryRow.seq))
     )
     return [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]

@@ -64,7 +64,7 @@ def subject_report(
                 raise Conflict(f"subject {subject_id!r} was erased: there is nothing to report")
             raise NotFound(f"subject {subject_id!r} is not registered")
         own = _entries(session, col(LogEntryRow.subject) == mapping.ref, size)
-        policies = _entries(session, col(LogEntryRow.kind) == "policy.published", size)
+        policies = _entries(session, col(LogEntryRow.kind) == EntryKind.POLICY_PUBLISHED, size)
         evidence = EvidenceBundle(
             verifier_key=verifier_key_before(session, size),
             checkpoint=checkpoint.note,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.consent.entries import SUBJECT_KINDS
+from ledger.consent.entries import SUBJECT_KINDS, EntryKind
 from ledger.consent.subjects import commitment
 from ledger.errors import InvalidInput, VerificationError
 from ledger.gcpause import no_gc
@@ -199,7 +199,7 @@ def _verify_subject(
     for item in bundle.entries:
         body = item.entry
         data = body.get("data", {})
-        if body.get("kind") == "policy.published":
+        if body.get("kind") == EntryKind.POLICY_PUBLISHED:
             policies.append(body)
         elif body.get("kind") in SUBJECT_KINDS and data.get("subject") == ref:
             own.append(body)
@@ -208,7 +208,7 @@ def _verify_subject(
                 f"entry {item.index} is neither about subject {ref} nor a policy",
                 subject="report.evidence",
             )
-    registered = [body for body in own if body["kind"] == "subject.registered"]
+    registered = [body for body in own if body["kind"] == EntryKind.SUBJECT_REGISTERED]
     if len(registered) != 1:
         raise VerificationError(
             f"holds {len(registered)} subject.registered entries for {ref}, not one",
@@ -455,7 +455,7 @@ def _verify_boundary(
     earlier = [
         (seq, body)
         for seq, body in sorted(shown.items())
-        if seq < first and body["kind"] == "policy.published"
+        if seq < first and body["kind"] == EntryKind.POLICY_PUBLISHED
     ]
     if earlier:
         seq, body = earlier[-1]
