@@ -1,0 +1,2 @@
+# Generated from ledger/__init__.py by `python client/generate_kernel.py`; do not edit.
+
