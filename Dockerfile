@@ -18,7 +18,6 @@ COPY pyproject.toml README.md ./
 COPY ledger ./ledger
 COPY api ./api
 COPY cli ./cli
-COPY client ./client
 RUN /opt/consent-ledger/bin/pip install .
 
 # --- runtime: the virtualenv, a non-root user, and the key directory ------------------------

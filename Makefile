@@ -8,10 +8,13 @@ PORT ?= 8000
 
 .PHONY: install run test lint format bench clean
 
-$(STAMP): pyproject.toml
+# The client is its own distribution (client/): installed next to the server for
+# the tests that run it against the real API.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e ./client
 	@touch $@
 
 install: $(STAMP)
@@ -30,7 +33,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict ledger
+	$(BIN)/mypy --strict ledger client/consent_ledger_client client/generate_kernel.py
 	$(BIN)/lint-imports
 
 format: install

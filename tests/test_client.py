@@ -27,7 +27,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from api.app import create_app
-from client import (
+from consent_ledger_client import (
     ApiError,
     ConsentLedgerClient,
     InvalidRecord,
@@ -36,8 +36,9 @@ from client import (
     TransportError,
     VerificationError,
 )
+from consent_ledger_client._kernel.errors import VerificationError as KernelVerificationError
+from consent_ledger_client._kernel.tlog import notes as client_notes
 from ledger.consent.decisions import DecisionRequest
-from ledger.errors import VerificationError as LedgerVerificationError
 from ledger.service import ConsentLedger
 from ledger.service.clients import create_client
 from ledger.service.keys import SigningKey
@@ -635,7 +636,8 @@ def test_forged_receipts_are_refused(
         entry["index"] -= 1
     with pytest.raises(VerificationError) as refused:
         client.verify_bundle(document)
-    assert isinstance(refused.value, LedgerVerificationError)
+    # The client stands alone: its error is its kernel copy's, not `ledger.errors`'.
+    assert isinstance(refused.value, KernelVerificationError)
     assert refused.value.document is document
 
 
@@ -694,13 +696,15 @@ def test_a_log_inconsistent_with_the_trusted_checkpoint_is_refused(
     store = tmp_path / "ledger.checkpoint"
     store.write_text(sign_checkpoint(forged, [ledger.signing_key()]), encoding="utf-8")
     client = make_client("all", trust_store=store)
-    assert client.trusted_checkpoint == forged
+    # The same checkpoint as the client's own class (its kernel copy's), so == can compare.
+    trusted = client_notes.Checkpoint(forged.origin, forged.size, forged.root)
+    assert client.trusted_checkpoint == trusted
 
     with pytest.raises(VerificationError) as refused:
         client.record("user-1", [{"category": "profile", "decision": "granted"}])
     assert "fork" in str(refused.value) or "rollback" in str(refused.value)
     assert refused.value.document is not None  # the write happened; here is what came back
-    assert client.trusted_checkpoint == forged  # nothing inconsistent was trusted
+    assert client.trusted_checkpoint == trusted  # nothing inconsistent was trusted
     assert store.read_text() == sign_checkpoint(forged, [ledger.signing_key()])
 
 

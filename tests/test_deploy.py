@@ -41,7 +41,7 @@ with warnings.catch_warnings():
 
 from api.app import create_app
 from cli.main import app
-from client import ConsentLedgerClient
+from consent_ledger_client import ConsentLedgerClient
 from ledger.service import ConsentLedger
 from ledger.service.clients import create_client
 from ledger.settings import Settings

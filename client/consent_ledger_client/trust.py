@@ -25,11 +25,11 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from client.errors import VerificationError
-from ledger.errors import InvalidInput
-from ledger.errors import VerificationError as LedgerVerificationError
-from ledger.tlog import merkle
-from ledger.tlog.notes import Checkpoint, Note, VerifierKey, open_checkpoint
+from consent_ledger_client._kernel.errors import InvalidInput
+from consent_ledger_client._kernel.errors import VerificationError as KernelVerificationError
+from consent_ledger_client._kernel.tlog import merkle
+from consent_ledger_client._kernel.tlog.notes import Checkpoint, Note, VerifierKey, open_checkpoint
+from consent_ledger_client.errors import VerificationError
 
 __all__ = ["ProofFetcher", "TrustedLog"]
 
@@ -91,7 +91,7 @@ class TrustedLog:
         """Check the note's signature by a trusted key and that it is this log's."""
         try:
             checkpoint = open_checkpoint(note, self.keys)
-        except LedgerVerificationError as exc:
+        except KernelVerificationError as exc:
             message = str(exc.args[0])
             if claimed_key is not None and claimed_key not in {str(k) for k in self.keys}:
                 message += (
@@ -143,7 +143,7 @@ class TrustedLog:
         proof = self._fetch_proof(old.size, new.size)
         try:
             merkle.verify_consistency(old.size, new.size, old.root, new.root, list(proof))
-        except (LedgerVerificationError, InvalidInput) as exc:
+        except (KernelVerificationError, InvalidInput) as exc:
             raise VerificationError(
                 f"the log of size {new.size} is not an extension of the log of size "
                 f"{old.size} (fork or rollback): {exc}",

@@ -1,6 +1,6 @@
 """A Python client for platforms using a consent-ledger over HTTP.
 
-    from client import ConsentLedgerClient
+    from consent_ledger_client import ConsentLedgerClient
 
     with ConsentLedgerClient(
         "https://ledger.example.com",
@@ -15,11 +15,13 @@
         print(kept.checked_at, kept.kept, dict(kept.dropped))
 
 Every receipt and checkpoint is verified with `ledger.tlog.notes` and
-`ledger.tlog.merkle`, the same code the ledger and its auditors use.
+`ledger.tlog.merkle`, the same code the ledger and its auditors use: the
+client carries a generated copy of it in `consent_ledger_client._kernel`
+(`python client/generate_kernel.py`; a test keeps the copy identical).
 """
 
-from client.core import ConsentLedgerClient, FilterResult, Receipt, VerifiedBundle
-from client.errors import (
+from consent_ledger_client.core import ConsentLedgerClient, FilterResult, Receipt, VerifiedBundle
+from consent_ledger_client.errors import (
     ApiError,
     ClientError,
     InvalidRecord,
@@ -28,7 +30,7 @@ from client.errors import (
     TransportError,
     VerificationError,
 )
-from client.trust import TrustedLog
+from consent_ledger_client.trust import TrustedLog
 
 __all__ = [
     "ApiError",

@@ -1,14 +1,16 @@
 """What the client raises: every error is a `ClientError`.
 
-`VerificationError` is also a `ledger.errors.VerificationError`, so code that
-already catches the ledger's verification failures catches the client's too.
+The client stands alone: it does not import the ledger's packages, so its
+`VerificationError` is not `ledger.errors.VerificationError`. It subclasses
+the client's copy of that class (`consent_ledger_client._kernel.errors`, the
+one the copied verification code raises) and carries the same `subject`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ledger.errors import VerificationError as LedgerVerificationError
+from consent_ledger_client._kernel.errors import VerificationError as KernelVerificationError
 
 __all__ = [
     "ApiError",
@@ -25,7 +27,7 @@ class ClientError(Exception):
     """Base of everything the consent-ledger client raises on purpose."""
 
 
-class VerificationError(LedgerVerificationError, ClientError):
+class VerificationError(KernelVerificationError, ClientError):
     """A receipt, bundle or checkpoint from the server failed verification.
 
     Never ignore it: the server (or something between it and you) returned

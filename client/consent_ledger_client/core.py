@@ -16,7 +16,11 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from client.errors import (
+from consent_ledger_client._kernel.errors import InvalidInput
+from consent_ledger_client._kernel.errors import VerificationError as KernelVerificationError
+from consent_ledger_client._kernel.tlog.evidence import EvidenceBundle, verify_bundle
+from consent_ledger_client._kernel.tlog.notes import Checkpoint, VerifierKey, unb64
+from consent_ledger_client.errors import (
     ApiError,
     InvalidRecord,
     MissingScope,
@@ -24,11 +28,7 @@ from client.errors import (
     TransportError,
     VerificationError,
 )
-from client.trust import TrustedLog
-from ledger.errors import InvalidInput
-from ledger.errors import VerificationError as LedgerVerificationError
-from ledger.tlog.evidence import EvidenceBundle, verify_bundle
-from ledger.tlog.notes import Checkpoint, VerifierKey, unb64
+from consent_ledger_client.trust import TrustedLog
 
 __all__ = ["ConsentLedgerClient", "FilterResult", "Receipt", "VerifiedBundle"]
 
@@ -42,7 +42,7 @@ MAX_RETRY_AFTER = 10.0
 
 def _user_agent() -> str:
     try:
-        return f"consent-ledger-client/{version('consent-ledger')}"
+        return f"consent-ledger-client/{version('consent-ledger-client')}"
     except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         return "consent-ledger-client"
 
@@ -478,7 +478,7 @@ class ConsentLedgerClient:
             ) from exc
         try:
             checkpoint = verify_bundle(bundle, self.keys)
-        except (InvalidInput, LedgerVerificationError) as exc:
+        except (InvalidInput, KernelVerificationError) as exc:
             subject = getattr(exc, "subject", None) or getattr(exc, "field", None)
             message = str(exc.args[0]) if exc.args else str(exc)
             if subject == "checkpoint":
