@@ -97,32 +97,32 @@ def generate(path: str) -> str:
     return header(path) + "\n".join(lines)
 
 
-def expected_copies() -> dict[Path, str]:
-    return {TARGET / path: generate(path) for path in KERNEL}
+def expected_copies(target: Path = TARGET) -> dict[Path, str]:
+    return {target / path: generate(path) for path in KERNEL}
 
 
-def stale_files() -> list[Path]:
+def stale_files(target: Path = TARGET) -> list[Path]:
     """The copies that are missing or differ from what `generate` makes, and strays."""
-    expected = expected_copies()
+    expected = expected_copies(target)
     stale = [
-        target
-        for target, text in expected.items()
-        if not target.is_file() or target.read_text(encoding="utf-8") != text
+        path
+        for path, text in expected.items()
+        if not path.is_file() or path.read_text(encoding="utf-8") != text
     ]
-    present = set(TARGET.rglob("*.py")) if TARGET.is_dir() else set()
+    present = set(target.rglob("*.py")) if target.is_dir() else set()
     return stale + sorted(present - set(expected))
 
 
-def write() -> list[Path]:
-    """Bring `_kernel/` up to date; return the files written or removed."""
-    changed = stale_files()
-    expected = expected_copies()
-    for target in changed:
-        if target in expected:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(expected[target], encoding="utf-8")
+def write(target: Path = TARGET) -> list[Path]:
+    """Bring the copies up to date; return the files written or removed."""
+    changed = stale_files(target)
+    expected = expected_copies(target)
+    for path in changed:
+        if path in expected:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(expected[path], encoding="utf-8")
         else:
-            target.unlink()
+            path.unlink()
     return changed
 
 
