@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CLIENT_VENV := .venv-client
 export CONSENT_LEDGER_HOME ?= $(CURDIR)/.consent-ledger
 PORT ?= 8000
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-client lint format bench clean
 
 # The client is its own distribution (client/): installed next to the server for
 # the tests that run it against the real API.
@@ -30,6 +31,16 @@ run: install
 test: install
 	$(BIN)/pytest -n 2 -q
 
+# The client distribution on its own: a fresh virtualenv with only it and pytest,
+# where the server's packages must not import, then the client's offline tests.
+test-client:
+	rm -rf $(CLIENT_VENV)
+	$(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENT_VENV)/bin/python -m pip install --quiet ./client pytest
+	$(CLIENT_VENV)/bin/python -I client/tests/check_isolation.py
+	cd client && ../$(CLIENT_VENV)/bin/pytest -q
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,4 +55,4 @@ bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(CLIENT_VENV) client/build .pytest_cache .mypy_cache .ruff_cache .hypothesis
