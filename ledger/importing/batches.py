@@ -43,6 +43,8 @@ class ImportContext:
 
 @dataclass(slots=True)
 class Batch:
+    """Spooled rows to write in one transaction, under one checkpoint."""
+
     rows: list[list[Any]]
     # The rows done before it and after it (spool positions; bad rows count as done).
     start: int
@@ -53,6 +55,8 @@ class Batch:
 def split_into_batches(
     spool: Iterable[list[Any]], skip: int, bad_lines: set[int], batch_size: int, total: int
 ) -> Iterator[Batch]:
+    """The spooled rows after position `skip` (done by an earlier attempt) less those on
+    `bad_lines`, `batch_size` at a time; the last batch, maybe empty, finishes the import."""
     rows: list[list[Any]] = []
     start = skip
     for row in spool:

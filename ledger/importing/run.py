@@ -44,6 +44,8 @@ Progress = Callable[[int], None]
 
 @dataclass
 class ImportSummary:
+    """What an import read and wrote (`to_json` is what `import --json` prints)."""
+
     import_id: str
     rows: int = 0
     invalid: int = 0
