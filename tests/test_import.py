@@ -39,7 +39,10 @@ from ledger.consent import entries
 from ledger.consent.projection import Projector
 from ledger.demo import generate_rows, write_csv, write_jsonl
 from ledger.errors import InvalidInput, VerificationError
-from ledger.importing import FIELDS, ImportRejected, ImportWriteFailed, RowError
+from ledger.importing.fields import FIELDS
+from ledger.importing.rows import RowError
+from ledger.importing.validation import ImportRejected
+from ledger.importing.writer_process import ImportWriteFailed
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
 from ledger.store.db import read_session, write_session
@@ -157,7 +160,7 @@ def stored_decisions(engine: Engine) -> list[dict[str, Any]]:
 
 @dataclass
 class Expected:
-    """A replay of import rows by SPEC §5's rules, independent of ledger/importing/__init__.py."""
+    """A replay of import rows by SPEC §5's rules, independent of ledger/importing/."""
 
     subjects: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
     registered: int = 0

@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import importing as importer
 from ledger.consent.policy import default_policy
 from ledger.errors import InvalidInput
-from ledger.importing import FIELDS, RowValidator, parse_record, spool_fields
+from ledger.importing import validation
+from ledger.importing.fields import FIELDS
+from ledger.importing.rows import parse_record
+from ledger.importing.validation import RowValidator, spool_fields
 
 POLICY = default_policy()
 NOW = "2026-12-01T12:00:00.000000Z"
@@ -131,7 +133,7 @@ def test_plain_rows_become_spool_fields(raw: dict[str, Any], expected: list[Any]
 
 def test_a_file_of_distinct_notices_does_not_grow_the_memo_without_bound() -> None:
     validator = RowValidator(POLICY)
-    for number in range(importer._MAX_SHAPES + 100):
+    for number in range(validation._MAX_SHAPES + 100):
         validator.spool_fields(
             number,
             {
@@ -142,7 +144,7 @@ def test_a_file_of_distinct_notices_does_not_grow_the_memo_without_bound() -> No
             },
             NOW,
         )
-    assert len(validator._shapes) <= importer._MAX_SHAPES
+    assert len(validator._shapes) <= validation._MAX_SHAPES
 
 
 def test_fields_are_the_documented_columns() -> None:

@@ -87,10 +87,7 @@ def validate_decision(
         expires = normalize_timestamp(
             _text(request.expires, f"{field}.expires"), field=f"{field}.expires"
         )
-        if expires <= effective:
-            raise InvalidInput(
-                f"must be later than effective ({effective})", field=f"{field}.expires"
-            )
+        check_expires(effective, expires, field=f"{field}.expires")
     return ConsentTerms(
         category=category,
         purpose=purpose,
@@ -101,6 +98,12 @@ def validate_decision(
         effective=effective,
         expires=expires,
     )
+
+
+def check_expires(effective: str, expires: str | None, *, field: str) -> None:
+    """Refuse terms that expire before they take effect (InvalidInput naming `field`)."""
+    if expires is not None and expires <= effective:
+        raise InvalidInput(f"must be later than effective ({effective})", field=field)
 
 
 def _text(value: object, field: str) -> str:

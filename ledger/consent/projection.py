@@ -57,7 +57,7 @@ class Projector:
         versions: Rows = []
         decisions: Rows = []
         policies: Rows = []
-        subject_row = self._subject_row
+        latest_subject, subjects = self.latest_subject, self._subjects
         for entry in entries:
             body = entry.body
             kind, data = body["kind"], body["data"]
@@ -77,7 +77,8 @@ class Projector:
                     )
                 )
             elif kind in SUBJECT_STATE_KINDS:
-                row = subject_row(entry)
+                ref = data["subject"]
+                row = subjects[ref] = subject_version(entry, latest_subject(ref))
                 versions.append(
                     (row["ref"], row["seq"], row["jurisdiction"], row["minor"], row["erased"])
                 )
@@ -91,16 +92,22 @@ class Projector:
         }
         return [(table, columns, rows[table]) for table, columns in PROJECTION_COLUMNS.items()]
 
-    def _subject_row(self, entry: LogEntry) -> SubjectRow:
-        data = entry.data
-        ref = data["subject"]
-        prior = self.latest_subject(ref) or {"jurisdiction": None, "minor": False}
-        row = {
-            "ref": ref,
-            "seq": entry.seq,
-            "jurisdiction": data.get("jurisdiction", prior["jurisdiction"]),
-            "minor": data.get("minor", prior["minor"]),
-            "erased": entry.kind == EntryKind.SUBJECT_ERASED,
-        }
-        self._subjects[ref] = row
-        return row
+
+# What a subject's first entry does not state is as for a subject never seen.
+_UNREGISTERED: SubjectRow = {"jurisdiction": None, "minor": False}
+
+
+def subject_version(entry: LogEntry, prior: SubjectRow | None) -> SubjectRow:
+    """The `subject_versions` row a subject entry leaves: what the entry states, the rest
+    as in the subject's `prior` row (None: a new subject). A writer that keeps its
+    subjects' latest rows (an import's batches) keeps them with this, as `project` does."""
+    data = entry.body["data"]
+    if prior is None:
+        prior = _UNREGISTERED
+    return {
+        "ref": data["subject"],
+        "seq": entry.seq,
+        "jurisdiction": data.get("jurisdiction", prior["jurisdiction"]),
+        "minor": data.get("minor", prior["minor"]),
+        "erased": entry.body["kind"] == EntryKind.SUBJECT_ERASED,
+    }
