@@ -197,6 +197,7 @@ class Validation:
 def erased_rows(
     engine: Engine, erasure_secret: bytes, rows: list[tuple[int, str, dict[str, Any]]]
 ) -> list[RowError]:
+    """An error for each of `rows` (line, subject id, raw row) that names an erased subject."""
     if not rows:
         return []
     by_id: dict[str, list[tuple[int, dict[str, Any]]]] = {}
