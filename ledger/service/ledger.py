@@ -1,9 +1,9 @@
 """`ConsentLedger`: the one object the API, the CLI and the reports are thin layers over.
 
-It composes parts with one job each and delegates to them: the head tracker
-(`head`), the signer (`signer`), the writer (`writer`), the checker
-(`checker`), the read model (`reads`) and the API clients (`clients`).
-Nothing here knows about HTTP or terminals.
+It composes parts with one job each and delegates to them: `HeadTracker` (the
+log head), `Signer` (the signing key), `Writer` (appends), `Checker`
+(eligibility), `ReadModel` (reads) and `ApiClients`. Nothing here knows about
+HTTP or terminals.
 """
 
 from __future__ import annotations
@@ -120,14 +120,6 @@ class ConsentLedger:
         return self._engine.url.render_as_string(hide_password=hide_password)
 
     # --- the log head --------------------------------------------------------------------
-
-    def head(self, *, max_age: float | None = None) -> HeadSnapshot:
-        """The log head, re-read when older than `max_age` (default: per engine)."""
-        return self._head.head(max_age=max_age)
-
-    def head_nowait(self, *, max_age: float | None = None) -> HeadSnapshot | None:
-        """The head from memory or the open head connection, or None; never waits."""
-        return self._head.head_nowait(max_age=max_age)
 
     def tree_size(self) -> int:
         return self._head.tree_size()
