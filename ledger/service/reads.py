@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import orjson
 from sqlalchemy import Engine, func, select
@@ -23,6 +23,7 @@ from ledger.consent.policy import Policy
 from ledger.consent.projection import SubjectRow
 from ledger.consent.subjects import erased_id_hash, validate_subject_id
 from ledger.errors import Conflict, NotFound, NotInitialized
+from ledger.service.checker import Checker
 from ledger.service.policies import PolicyCache
 from ledger.service.views import SubjectView
 from ledger.store.db import read_session
@@ -40,9 +41,6 @@ from ledger.tlog.evidence import EvidenceBundle, EvidenceEntry
 from ledger.tlog.log import DbNodeReader, LogEntry, SealedAppend
 from ledger.tlog.notes import VerifierKey
 from ledger.tlog.tiles import TileAddress, read_tile
-
-if TYPE_CHECKING:
-    from ledger.service.checker import Checker
 
 # Entries read per query when streaming a range of the log.
 STREAM_CHUNK = 20_000
