@@ -242,7 +242,7 @@ class ApiClients:
     def create(self, name: str, scopes: list[str]) -> tuple[Client, str]:
         return create_client(self._engine, name, scopes)
 
-    def list(self) -> list[Client]:
+    def list_all(self) -> list[Client]:
         return list_clients(self._engine)
 
     def revoke(self, name: str) -> None:

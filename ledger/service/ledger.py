@@ -260,7 +260,7 @@ class ConsentLedger:
         return self._clients.create(name, scopes)
 
     def list_clients(self) -> list[Client]:
-        return self._clients.list()
+        return self._clients.list_all()
 
     def revoke_client(self, name: str) -> None:
         self._clients.revoke(name)

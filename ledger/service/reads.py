@@ -137,9 +137,6 @@ class LogSnapshot:
         """The signed note of the checkpoint of exactly `size`."""
         return log.checkpoint_at(self._session, size).note
 
-    def checkpoint_at_or_after(self, size: int) -> str:
-        return log.checkpoint_note_at_or_after(self._session, size)
-
     def checkpoints_between(self, first: int, last: int) -> list[tuple[int, bytes]]:
         """(tree size, root) of every checkpoint with first < size ≤ last, by size."""
         rows = self._session.execute(
@@ -231,9 +228,6 @@ class LogSnapshot:
 
     def tile(self, address: TileAddress) -> bytes:
         return read_tile(self._session, address)
-
-    def verifier_key_before(self, size: int) -> str:
-        return verifier_key_before(self._session, size)
 
     def bundle(self, entries: Sequence[LogEntry], size: int, note: str) -> EvidenceBundle:
         """An evidence bundle of `entries`, proven into the checkpoint of `size` (`note`)."""
