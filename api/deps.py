@@ -8,9 +8,6 @@ cached) goes to the thread pool explicitly.
 
 from __future__ import annotations
 
-import asyncio
-import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -21,8 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 
-from ledger.service import HEAD_STALE_LIMIT, ConsentLedger, LogHead
-from ledger.service.clients import UNKNOWN, Client, local_revocations
+from ledger.service import NOT_CACHED, Client, ConsentLedger, HeadSnapshot
 
 _bearer = HTTPBearer(
     auto_error=False, description="An API key from `consent-ledger clients create`"
@@ -37,41 +33,16 @@ async def get_ledger(request: Request) -> ConsentLedger:
 LedgerDep = Annotated[ConsentLedger, Depends(get_ledger)]
 
 
-# The head reads in flight, one per ledger (PostgreSQL: see `HEAD_STALE_LIMIT`).
-_head_reads: weakref.WeakKeyDictionary[ConsentLedger, asyncio.Future[LogHead]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def get_head(ledger: LedgerDep) -> LogHead:
+async def get_head(ledger: LedgerDep) -> HeadSnapshot:
     """The log head, shared by the key check and the route of one request.
 
-    SQLite: one in-process read per request. PostgreSQL: a round trip, so
-    never on the event loop — once the head is `HEAD_MAX_AGE` old one read
-    runs in the thread pool while requests go on with the last head, unless it
-    is older than `HEAD_STALE_LIMIT`: then they wait for the read.
+    The ledger decides how fresh it must be and never blocks the event loop
+    on a remote database (`HeadTracker.head_async`).
     """
-    if ledger.head_read_is_local:
-        head = ledger.head_nowait()
-        if head is None:  # connecting (the first time, or after an error)
-            head = await run_in_threadpool(ledger.head)
-        return head
-    last = ledger.last_head()
-    if last is not None and ledger.is_fresh(last):
-        return last
-    loop = asyncio.get_running_loop()
-    read = _head_reads.get(ledger)
-    if read is None or read.done() or read.get_loop() is not loop:
-        read = asyncio.ensure_future(run_in_threadpool(ledger.head, max_age=0.0))
-        # Retrieved here so that a failed read nobody waited for is not logged as lost.
-        read.add_done_callback(lambda done: done.cancelled() or done.exception())
-        _head_reads[ledger] = read
-    if last is not None and time.monotonic() - last.read_at <= HEAD_STALE_LIMIT:
-        return last
-    return await asyncio.shield(read)
+    return await ledger.head_async()
 
 
-HeadDep = Annotated[LogHead, Depends(get_head)]
+HeadDep = Annotated[HeadSnapshot, Depends(get_head)]
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -93,18 +64,17 @@ def bearer_key(request: Request) -> str | None:
     return key
 
 
-async def authorize(ledger: ConsentLedger, head: LogHead, key: str | None, scope: str) -> Client:
+async def authorize(
+    ledger: ConsentLedger, head: HeadSnapshot, key: str | None, scope: str
+) -> Client:
     """The client holding `key` if it has `scope`; else 401 or 403."""
     if key is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    # A revocation anywhere changes the clients' generation, read with the head:
-    # another process's takes effect within HEAD_MAX_AGE, this process's at once.
-    generation = (head.clients, local_revocations())
-    client = ledger.api_keys.lookup(key, generation)
-    if client is UNKNOWN:
-        client = await run_in_threadpool(
-            ledger.api_keys.authenticate, ledger.engine, key, generation
-        )
+    # Keys are cached for one generation of the clients table, read with the head:
+    # a revocation elsewhere takes effect within the head's age, one here at once.
+    client = ledger.cached_client(key, head)
+    if client is NOT_CACHED:
+        client = await run_in_threadpool(ledger.authenticate, key, head)
     if not isinstance(client, Client):
         raise _unauthorized("invalid or revoked API key")
     if scope not in client.scopes:

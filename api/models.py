@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ledger.consent.decisions import DEFAULT_PURPOSE
+from ledger.service import EligibilityAnswer
 
 Decision = Literal["granted", "denied", "withdrawn"]
 
@@ -61,13 +63,14 @@ class BatchBody(BaseModel):
     items: list[BatchItem]
 
 
-class EligibilityOut(BaseModel):
-    eligible: bool
-    reason: str
-    decided_by: int | None
-    policy_version: int
-    checked_at: int
-    at: str
+def _required_fields(view: type[Any]) -> dict[str, Any]:
+    """A ledger view dataclass's fields, every one required, for `create_model`."""
+    hints = get_type_hints(view)
+    return {field.name: (hints[field.name], ...) for field in dataclasses.fields(view)}
+
+
+# The shape of `EligibilityAnswer.to_json`, defined once by the dataclass.
+EligibilityOut = create_model("EligibilityOut", **_required_fields(EligibilityAnswer))
 
 
 class EvidenceEntryOut(BaseModel):

@@ -325,8 +325,7 @@ def memory_workload(workload: str, ctx: Context, rows: int, out: Path, top: int)
     snapshot = tracemalloc.take_snapshot()
     tracemalloc.stop()
     rss_after = process.memory_info().rss
-    cache = getattr(ledger, "_subjects", None)
-    cached = len(getattr(cache, "_by_id", {}))
+    cached = len(ledger._checker.subjects)
     lines = [
         what,
         f"traced: peak {peak / 2**20:,.0f} MB, retained {current / 2**20:,.0f} MB; "

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json
-from ledger.service.clients import SCOPES, create_client, list_clients, revoke_client
+from ledger.service import SCOPES
 
 app = typer.Typer(help="Create, list and revoke API clients (keys with scopes).")
 
@@ -27,7 +27,7 @@ def create(
     Example: consent-ledger clients create ml-platform --scope check --scope read
     """
     with open_ledger() as ledger:
-        client, key = create_client(ledger.engine, name, scope)
+        client, key = ledger.create_client(name, scope)
     if as_json:
         print_json({**client.to_json(), "key": key})
         return
@@ -44,7 +44,7 @@ def list_command(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     Example: consent-ledger clients list --json
     """
     with open_ledger() as ledger:
-        clients = list_clients(ledger.engine)
+        clients = ledger.list_clients()
     if as_json:
         print_json([client.to_json() for client in clients])
         return
@@ -66,5 +66,5 @@ def revoke(name: Annotated[str, typer.Argument(help="The client to revoke.")]) -
     Example: consent-ledger clients revoke ml-platform
     """
     with open_ledger() as ledger:
-        revoke_client(ledger.engine, name)
+        ledger.revoke_client(name)
     console.print(f"client {name} revoked")

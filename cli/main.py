@@ -25,11 +25,9 @@ from cli.common import (
 from cli.importer import import_command
 from ledger.datasets import filter_dataset
 from ledger.errors import InvalidInput
-from ledger.service import ConsentLedger, cli_actor
-from ledger.service.clients import SCOPES, create_client
+from ledger.service import SCOPES, ConsentLedger, cli_actor
 from ledger.tlog.evidence import EvidenceBundle, verify_bundle
 from ledger.tlog.notes import Checkpoint, Note, VerifierKey
-from ledger.verify import verify_ledger
 
 app = typer.Typer(
     name="consent-ledger",
@@ -83,21 +81,15 @@ def init(
     settings = load_settings()
     ledger, sealed = ConsentLedger.initialize(settings, origin=origin, actor=cli_actor())
     try:
-        _, admin_key = create_client(ledger.engine, "admin", list(SCOPES))
+        _, admin_key = ledger.create_client("admin", list(SCOPES))
         console.print(f"ledger initialised in {settings.home.absolute()}")
-        console.print(f"database: {_redacted(settings.resolved_database_url)}")
+        console.print(f"database: {ledger.database_url()}")
         console.print(f"tree size {sealed.tree_size}; verifier key:")
         console.print(ledger.verifier_key())
         console.print("admin API key (all scopes; shown once, store it now):")
         console.print(admin_key)
     finally:
         ledger.close()
-
-
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command("serve")
@@ -241,8 +233,7 @@ def verify(
     trusted = VerifierKey.parse(key) if key else None
     with open_ledger() as ledger, progress_bar() as progress:
         task = progress.add_task("verifying", total=None)
-        report = verify_ledger(
-            ledger.engine,
+        report = ledger.verify(
             external_checkpoints=notes,
             trusted_key=trusted,
             progress=lambda done, total: progress.update(task, completed=done, total=total),

@@ -52,21 +52,7 @@ def show(
     with open_ledger() as ledger:
         view = ledger.subject_view(subject_id)
     if as_json:
-        print_json(
-            {
-                "subject_id": view.subject_id,
-                "subject": view.ref,
-                "jurisdiction": view.jurisdiction,
-                "minor": view.minor,
-                "regime": view.regime,
-                "registered_seq": view.registered_seq,
-                "decisions": view.decisions,
-                "eligibility": view.eligibility,
-                "checked_at": view.checked_at,
-                "policy_version": view.policy_version,
-                "at": view.at,
-            }
-        )
+        print_json(view.to_json())
         return
     console.print(
         styled(view.subject_id, "bold") + f"  ref {view.ref}  jurisdiction "

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
@@ -390,7 +390,7 @@ class _Verifier:
 
     def _name_checkpoint_difference(
         self, note: Note, tree_size: int, stored_root: bytes, root: bytes
-    ) -> None:
+    ) -> NoReturn:
         where = f"checkpoint {tree_size}"
         try:
             checkpoint = Checkpoint.parse_body(note.text)
@@ -751,7 +751,7 @@ class _OrderedRows:
 
 def _name_difference(
     table: str, seq_at: int, expected: list[tuple[Any, ...]], actual: list[tuple[Any, ...]]
-) -> None:
+) -> NoReturn:
     """Raise for the first entry whose rows differ between the replay and the table."""
     columns = PROJECTION_COLUMNS[table]
     replayed: dict[int, list[tuple[Any, ...]]] = {}

@@ -25,7 +25,6 @@ from api.deps import (
     LedgerDep,
     authorize,
     bearer_key,
-    get_head,
     json_body,
 )
 from api.models import BatchBody, CheckBody, EligibilityOut
@@ -55,7 +54,7 @@ async def check(request: Request) -> Response:
     # No FastAPI parameters: solving them cost more than the check. The steps
     # are those of the dependencies: head, key and scope, then the body.
     ledger: ConsentLedger = request.app.state.ledger
-    head = await get_head(ledger)
+    head = await ledger.head_async()
     await authorize(ledger, head, bearer_key(request), "check")
     body = await json_body(request, CheckBody)
     answer = ledger.check_from_memory(

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import AdminClient, LedgerDep, ReadClient
 from ledger.consent.policy import Policy
@@ -51,5 +52,6 @@ async def put_policy(request: Request, ledger: LedgerDep, client: AdminClient) -
         if not isinstance(document, dict):
             raise InvalidInput("must be a policy document (JSON object)", field="body")
         policy = Policy.from_document(document)
-    sealed = ledger.publish_policy(policy, actor=client.name)
+    # A write waits for the write lock and a commit: never on the event loop.
+    sealed = await run_in_threadpool(ledger.publish_policy, policy, actor=client.name)
     return {"version": policy.version, "entry": sealed.entries[0].seq, "token": sealed.tree_size}

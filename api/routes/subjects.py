@@ -76,19 +76,7 @@ def post_consents(
 @router.get("/{subject_id:path}/consents")
 def get_consents(subject_id: SubjectId, ledger: LedgerDep, _: ReadClient) -> dict[str, Any]:
     """Current attributes and decisions, and eligibility for every category × purpose."""
-    view = ledger.subject_view(subject_id)
-    return {
-        "subject_id": view.subject_id,
-        "jurisdiction": view.jurisdiction,
-        "minor": view.minor,
-        "regime": view.regime,
-        "registered_seq": view.registered_seq,
-        "decisions": view.decisions,
-        "eligibility": view.eligibility,
-        "checked_at": view.checked_at,
-        "policy_version": view.policy_version,
-        "at": view.at,
-    }
+    return ledger.subject_view(subject_id).to_json(with_ref=False)
 
 
 @router.get("/{subject_id:path}/history")

@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from starlette.responses import PlainTextResponse, Response
 
-from api.deps import Credentials, LedgerDep, authorize, get_head
-from ledger.store.db import read_session
-from ledger.tlog.tiles import parse_tile_path, read_tile
+from api.deps import Credentials, LedgerDep, authorize
+from ledger.tlog.tiles import parse_tile_path
 
 router = APIRouter(prefix="/tlog", tags=["tlog-tiles"])
 
@@ -18,7 +17,7 @@ async def tlog_access(ledger: LedgerDep, credentials: Credentials) -> None:
     """Audit scope, unless the operator made the log public."""
     if not ledger.settings.public_log:
         key = credentials.credentials if credentials is not None else None
-        await authorize(ledger, await get_head(ledger), key, "audit")
+        await authorize(ledger, await ledger.head_async(), key, "audit")
 
 
 Access = Annotated[None, Depends(tlog_access)]
@@ -34,8 +33,7 @@ def checkpoint(ledger: LedgerDep, _: Access) -> PlainTextResponse:
 def tile(path: str, ledger: LedgerDep, _: Access) -> Response:
     """A hash tile `<L>/<N>[.p/<W>]` or entry bundle `entries/<N>[.p/<W>]`."""
     address = parse_tile_path(path)
-    with read_session(ledger.engine) as session:
-        data = read_tile(session, address)
+    data = ledger.tile(address)
     # Full tiles never change; partial ones are replaced as the log grows.
     cache = "no-cache" if address.partial else "public, max-age=31536000, immutable"
     return Response(data, media_type="application/octet-stream", headers={"Cache-Control": cache})

@@ -490,12 +490,11 @@ def _bucket_keys(first: str, last: str) -> tuple[str, int, list[str]]:
         while moment <= end and len(keys) <= MAX_BUCKETS:
             keys.append(_label(moment, width))
             moment = _advance(moment, unit)
-        if len(keys) <= MAX_BUCKETS or unit == "year":
-            if unit == "year":
-                # Centuries of backdated decisions: buckets for the years that occur only.
-                keys = keys if len(keys) <= MAX_BUCKETS else []
+        if len(keys) <= MAX_BUCKETS:
             return unit, width, keys
-    raise AssertionError("unreachable")
+    # Centuries of backdated decisions: buckets for the years that occur only.
+    unit, width = _UNITS[-1]
+    return unit, width, []
 
 
 def timeline(points: Sequence[tuple[str, str, str]]) -> dict[str, Any]:

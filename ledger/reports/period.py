@@ -33,32 +33,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select
-from sqlalchemy.orm import Session
-from sqlmodel import col
 
-from ledger.consent.eligibility import Decision
-from ledger.consent.entries import EntryKind
-from ledger.errors import InvalidInput, LedgerError, NotFound
+from ledger.errors import InvalidInput, LedgerError
 from ledger.gcpause import no_gc
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
 from ledger.reports.figures import PeriodFigures, PolicyTimeline
-from ledger.reports.subject import verifier_key_before
-from ledger.service import ConsentLedger
-from ledger.store.db import make_engine, read_session
-from ledger.store.schema import CheckpointRow, ConsentDecision, LogEntryRow, SubjectVersion
+from ledger.service import ConsentLedger, LogSnapshot
+from ledger.settings import Settings
 from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
-from ledger.tlog import log, merkle
-from ledger.tlog.evidence import EvidenceBundle, EvidenceEntry
-from ledger.tlog.log import DbNodeReader, LogEntry
 from ledger.tlog.notes import b64
-from ledger.verify import verify_ledger
-
-CHUNK = 20_000
 
 LIMITS = (
     "The window's entries are proven complete and unchanged against the first and last "
@@ -103,38 +90,31 @@ def period_report(
     # The full verify reads the whole log; it runs in a child process, beside
     # the window's scan, so a report costs about the longer of the two.
     child = _start_verify(ledger) if run_verify else None
-    with no_gc(), read_session(ledger.engine) as session:
-        conn = session.connection()
-        origin = log.origin(session)
-        latest = log.latest_checkpoint(session)
+    with no_gc(), ledger.snapshot() as snapshot:
+        origin = snapshot.origin()
+        latest = snapshot.latest_checkpoint()
         size = latest.tree_size
-        first = 0 if start is None else _first_at_or_after(conn, start, size)
-        last = size if end is None else _first_at_or_after(conn, end, size)
+        first = 0 if start is None else snapshot.first_at_or_after(start, size)
+        last = size if end is None else snapshot.first_at_or_after(end, size)
         if last == 0:
             raise InvalidInput("the log has no entries before this time", field="to")
         first = min(first, last)
-        first_note = log.checkpoint_at(session, first).note if first else None
-        last_note = log.checkpoint_at(session, last).note
-        frontier_keys = merkle.root_node_keys(first)
-        stored = DbNodeReader(session).read_nodes(frontier_keys)
-        frontier = [stored[key] for key in frontier_keys]
-        consistency = log.consistency_proof(session, first, last) if first else []
+        first_note = snapshot.checkpoint_at(first) if first else None
+        last_note = snapshot.checkpoint_at(last)
+        frontier = snapshot.frontier(first)
+        consistency = snapshot.consistency_proof(first, last) if first else []
         published = [
             {"size": tree_size, "root": b64(root)}
-            for tree_size, root in conn.execute(
-                select(col(CheckpointRow.tree_size), col(CheckpointRow.root))
-                .where(col(CheckpointRow.tree_size) > first, col(CheckpointRow.tree_size) <= last)
-                .order_by(col(CheckpointRow.tree_size))
-            )
+            for tree_size, root in snapshot.checkpoints_between(first, last)
         ]
         policies = PolicyTimeline()
-        for entry in _policy_entries(session, first):
+        for entry in snapshot.policy_entries(before=first):
             policies.add(entry.seq, entry.data)
-        boundary = _boundary(session, first, last, size, latest.note)
-        prior, prior_decisions = _prior_state(conn, first)
+        boundary = _boundary(snapshot, first, last, size, latest.note)
+        prior, prior_decisions = snapshot.projection_before(first)
         figures = PeriodFigures(policies, prior, prior_decisions)
         entries: list[bytes] = []
-        for seq, canonical in _stream(conn, first, last, progress):
+        for seq, canonical in snapshot.stream_entries(first, last, progress):
             figures.feed(seq, orjson.loads(canonical))
             entries.append(canonical)
         at = now if end is None else min(end, now)
@@ -200,14 +180,14 @@ def entry_bodies(entries: list[Any]) -> list[dict[str, Any]]:
 
 
 def full_verify(url: str) -> dict[str, Any]:
-    """`verify_ledger` on the database at `url`, as JSON."""
-    engine = make_engine(url)
+    """The full `verify` of the ledger in the database at `url`, as JSON."""
+    ledger = ConsentLedger(Settings(database_url=url))
     try:
-        return verify_ledger(engine).to_json()
+        return ledger.verify().to_json()
     except LedgerError as exc:
         return {"ok": False, "error": str(exc)}
     finally:
-        engine.dispose()
+        ledger.close()
 
 
 def _start_verify(ledger: ConsentLedger) -> subprocess.Popen[bytes]:
@@ -220,7 +200,7 @@ def _start_verify(ledger: ConsentLedger) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
     )
     assert child.stdin is not None
-    child.stdin.write(ledger.engine.url.render_as_string(hide_password=False).encode())
+    child.stdin.write(ledger.database_url(hide_password=False).encode())
     child.stdin.close()
     child.stdin = None
     return child
@@ -246,129 +226,21 @@ def _in_force(policies: PolicyTimeline, first: int) -> dict[str, Any] | None:
     return found
 
 
-def _entry_time(conn: Connection, seq: int) -> str:
-    canonical = conn.execute(
-        select(col(LogEntryRow.canonical)).where(col(LogEntryRow.seq) == seq)
-    ).scalar_one()
-    return str(orjson.loads(canonical)["time"])
-
-
-def _first_at_or_after(conn: Connection, moment: str, size: int) -> int:
-    """The first seq whose time is at or after `moment` (`size` if none): times never decrease."""
-    low, high = 0, size
-    while low < high:
-        middle = (low + high) // 2
-        if _entry_time(conn, middle) < moment:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
-def _policy_entries(session: Session, before: int) -> list[LogEntry]:
-    rows = session.execute(
-        select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
-        .where(col(LogEntryRow.kind) == EntryKind.POLICY_PUBLISHED, col(LogEntryRow.seq) < before)
-        .order_by(col(LogEntryRow.seq))
-    )
-    return [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
-
-
-def _boundary(session: Session, first: int, last: int, size: int, note: str) -> dict[str, Any]:
+def _boundary(snapshot: LogSnapshot, first: int, last: int, size: int, note: str) -> dict[str, Any]:
     wanted = []
     if first > 0:
         wanted.append(first - 1)
-        in_force = _policy_entries(session, first)
+        in_force = snapshot.policy_entries(before=first)
         if in_force and in_force[-1].seq != first - 1:
             wanted.append(in_force[-1].seq)
     if last < size:
         wanted.append(last)
-    bundle = EvidenceBundle(
-        verifier_key=verifier_key_before(session, size),
-        checkpoint=note,
-        entries=tuple(
-            EvidenceEntry(
-                index=seq,
-                canonical=log.read_entry(session, seq).canonical,
-                inclusion=tuple(log.inclusion_proof(session, seq, size)),
-            )
-            for seq in sorted(wanted)
-        ),
-    )
-    proof = log.consistency_proof(session, last, size) if last < size else []
+    bundle = snapshot.bundle([snapshot.read_entry(seq) for seq in sorted(wanted)], size, note)
+    proof = snapshot.consistency_proof(last, size) if last < size else []
     return {
         "evidence": bundle.to_json(),
         "consistency_proof": [b64(node) for node in proof],
     }
-
-
-def _prior_state(
-    conn: Connection, first: int
-) -> tuple[dict[str, tuple[str | None, bool]], dict[str, list[Decision]]]:
-    """Subjects (jurisdiction, minor) and decisions as of the window's start, from projections."""
-    prior: dict[str, tuple[str | None, bool]] = {}
-    decisions: dict[str, list[Decision]] = {}
-    if first == 0:
-        return prior, decisions
-    for ref, jurisdiction, minor, erased in conn.execute(
-        select(
-            col(SubjectVersion.ref),
-            col(SubjectVersion.jurisdiction),
-            col(SubjectVersion.minor),
-            col(SubjectVersion.erased),
-        )
-        .where(col(SubjectVersion.seq) < first)
-        .order_by(col(SubjectVersion.seq))
-    ):
-        if erased:
-            prior.pop(ref, None)
-            decisions.pop(ref, None)
-        else:
-            prior[ref] = (jurisdiction, bool(minor))
-    for row in conn.execute(
-        select(
-            col(ConsentDecision.seq),
-            col(ConsentDecision.ref),
-            col(ConsentDecision.category),
-            col(ConsentDecision.purpose),
-            col(ConsentDecision.decision),
-            col(ConsentDecision.explicit),
-            col(ConsentDecision.effective),
-            col(ConsentDecision.expires),
-        ).where(col(ConsentDecision.seq) < first)
-    ):
-        seq, ref, category, purpose, decision, explicit, effective, expires = row
-        if ref in prior:
-            decisions.setdefault(ref, []).append(
-                Decision(seq, category, purpose, decision, bool(explicit), effective, expires)  # type: ignore[arg-type]
-            )
-    return prior, decisions
-
-
-def _stream(
-    conn: Connection, first: int, last: int, progress: Callable[[int, int], None] | None
-) -> Iterator[tuple[int, bytes]]:
-    # The DBAPI cursor directly: SQLAlchemy's per-row processing would cost more
-    # than everything else done per entry.
-    placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"SELECT seq, canonical FROM log_entries WHERE seq >= {placeholder} "
-        f"AND seq < {placeholder} ORDER BY seq"
-    )
-    cursor = conn.connection.cursor()
-    try:
-        for start in range(first, last, CHUNK):
-            end = min(start + CHUNK, last)
-            cursor.execute(sql, (start, end))
-            rows = cursor.fetchall()
-            if len(rows) != end - start:
-                raise NotFound(f"entries {start}..{end - 1} are incomplete: run `verify`")
-            for seq, canonical in rows:
-                yield seq, bytes(canonical)
-            if progress is not None:
-                progress(end - first, last - first)
-    finally:
-        cursor.close()
 
 
 def _main() -> None:

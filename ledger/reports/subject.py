@@ -14,13 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-from sqlmodel import col
-
-from ledger.consent.entries import EntryKind
-from ledger.consent.subjects import erased_id_hash, validate_subject_id
-from ledger.errors import Conflict, NotFound
+from ledger.consent.subjects import validate_subject_id
+from ledger.errors import NotFound
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
 from ledger.reports.figures import (
     PolicyTimeline,
@@ -29,13 +24,8 @@ from ledger.reports.figures import (
     eligibility_matrix,
     subject_facts,
 )
-from ledger.service import ERASURE_SECRET, ConsentLedger
-from ledger.store.db import read_session
-from ledger.store.schema import ErasedSubject, LogEntryRow, SubjectMapping
+from ledger.service import ConsentLedger
 from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
-from ledger.tlog import log
-from ledger.tlog.evidence import EvidenceBundle, EvidenceEntry
-from ledger.tlog.log import LogEntry
 from ledger.tlog.notes import b64
 
 LIMITS = (
@@ -53,35 +43,21 @@ def subject_report(
     subject_id = validate_subject_id(subject_id)
     moment = format_timestamp(utc_now()) if at is None else normalize_timestamp(at, field="at")
     signer = ledger.signing_key()
-    with read_session(ledger.engine) as session:
-        origin = log.origin(session)
-        checkpoint = log.latest_checkpoint(session)
+    with ledger.snapshot() as snapshot:
+        origin = snapshot.origin()
+        checkpoint = snapshot.latest_checkpoint()
         size = checkpoint.tree_size
-        mapping = session.get(SubjectMapping, subject_id)
-        if mapping is None:
-            secret = ledger.keys.secret(ERASURE_SECRET)
-            if session.get(ErasedSubject, erased_id_hash(secret, subject_id)) is not None:
-                raise Conflict(f"subject {subject_id!r} was erased: there is nothing to report")
-            raise NotFound(f"subject {subject_id!r} is not registered")
-        own = _entries(session, col(LogEntryRow.subject) == mapping.ref, size)
-        policies = _entries(session, col(LogEntryRow.kind) == EntryKind.POLICY_PUBLISHED, size)
-        evidence = EvidenceBundle(
-            verifier_key=verifier_key_before(session, size),
-            checkpoint=checkpoint.note,
-            entries=tuple(
-                EvidenceEntry(
-                    index=entry.seq,
-                    canonical=entry.canonical,
-                    inclusion=tuple(log.inclusion_proof(session, entry.seq, size)),
-                )
-                for entry in sorted([*own, *policies], key=lambda item: item.seq)
-            ),
+        link = snapshot.subject(subject_id)
+        own = snapshot.entries_of_subject(link.ref, before=size)
+        policies = snapshot.policy_entries(before=size)
+        evidence = snapshot.bundle(
+            sorted([*own, *policies], key=lambda item: item.seq), size, checkpoint.note
         )
     content = build_subject_content(
         origin=origin,
         subject_id=subject_id,
-        salt=mapping.salt,
-        ref=mapping.ref,
+        salt=link.salt,
+        ref=link.ref,
         own=[entry.body for entry in own],
         policies=[entry.body for entry in policies],
         tree_size=size,
@@ -146,28 +122,3 @@ def build_subject_content(
         "eligibility": eligibility_matrix(policy, facts, at),
         "limits": list(LIMITS),
     }
-
-
-def _entries(session: Session, condition: Any, size: int) -> list[LogEntry]:
-    rows = session.execute(
-        select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
-        .where(condition, col(LogEntryRow.seq) < size)
-        .order_by(col(LogEntryRow.seq))
-    )
-    return [LogEntry.from_canonical(seq, canonical) for seq, canonical in rows]
-
-
-def verifier_key_before(session: Session, size: int) -> str:
-    """The key announced last before tree size `size`: the one its checkpoint is signed by."""
-    row = session.execute(
-        select(col(LogEntryRow.seq), col(LogEntryRow.canonical))
-        .where(
-            col(LogEntryRow.kind).in_((EntryKind.LEDGER_INITIALIZED, EntryKind.KEY_ADDED)),
-            col(LogEntryRow.seq) < size,
-        )
-        .order_by(col(LogEntryRow.seq).desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        raise NotFound("no verifier key was announced before this tree size")
-    return str(LogEntry.from_canonical(row[0], row[1]).data["verifier_key"])

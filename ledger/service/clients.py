@@ -6,7 +6,8 @@ random bits, so a fast hash is enough: there is nothing to brute-force.
 
 `KeyCache` keeps the clients that authenticated, by key id with the key's hash,
 for one *generation* of the clients table: a revocation or a new client changes
-the generation (the API reads it with the log head), and the cache starts over.
+the generation (read with the log head), and the cache starts over. `ApiClients`
+is the ledger's part that owns both.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlmodel import col
 
 from ledger.errors import Conflict, InvalidInput, NotFound
+from ledger.service.head import HeadSnapshot
 from ledger.store.db import read_session, write_session
 from ledger.store.schema import ApiClient
 from ledger.timestamps import format_timestamp, utc_now
@@ -154,11 +156,11 @@ def authenticate(engine: Engine, key: str) -> Client | None:
     return Client(name=name, scopes=frozenset(scopes.split(",")), created=created)
 
 
-class _Unknown:
+class _NotCached:
     """Not in the cache: ask `authenticate`."""
 
 
-UNKNOWN: Final = _Unknown()
+NOT_CACHED: Final = _NotCached()
 
 
 # However the clients table changes, a cached key is checked again after this
@@ -176,7 +178,7 @@ class _CachedKey:
 class KeyCache:
     """Clients that authenticated, by key id, valid for one generation of the clients table.
 
-    The generation is anything that changes when a client is revoked (the API
+    The generation is anything that changes when a client is revoked (`ApiClients`
     uses the table's row and revoked-row counts, read with the log head, and
     `local_revocations()`); when it changes, every cached key is dropped. Only
     hashes are kept, and a presented key is still hashed and compared in
@@ -189,8 +191,8 @@ class KeyCache:
         self._generation: Hashable = None
         self._by_id: dict[str, _CachedKey] = {}
 
-    def lookup(self, key: str, generation: Hashable) -> Client | None | _Unknown:
-        """The client holding `key`, None for a key that cannot be valid, or `UNKNOWN`."""
+    def lookup(self, key: str, generation: Hashable) -> Client | None | _NotCached:
+        """The client holding `key`, None for a key that cannot be valid, or `NOT_CACHED`."""
         match = _KEY.match(key)
         if match is None:
             return None
@@ -198,10 +200,10 @@ class KeyCache:
             if generation != self._generation:
                 self._by_id.clear()
                 self._generation = generation
-                return UNKNOWN
+                return NOT_CACHED
             cached = self._by_id.get(match.group(1))
         if cached is None or time.monotonic() - cached.cached_at > KEY_MAX_AGE:
-            return UNKNOWN
+            return NOT_CACHED
         # The key id matched: the key is this client's only if the whole key does.
         if not hmac.compare_digest(_hash(key), cached.key_hash):
             return None
@@ -223,3 +225,34 @@ class KeyCache:
                     self._by_id.clear()
                 self._by_id[match.group(1)] = _CachedKey(_hash(key), client, time.monotonic())
         return client
+
+
+class ApiClients:
+    """The ledger's API clients: created, listed and revoked here, keys checked through a cache.
+
+    The cache's generation is the clients' generation read with the log head plus
+    this process's revocations: another process's revocation takes effect within
+    the head's maximum age, this process's at once.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cache = KeyCache()
+
+    def create(self, name: str, scopes: list[str]) -> tuple[Client, str]:
+        return create_client(self._engine, name, scopes)
+
+    def list_all(self) -> list[Client]:
+        return list_clients(self._engine)
+
+    def revoke(self, name: str) -> None:
+        revoke_client(self._engine, name)
+
+    def cached(self, key: str, head: HeadSnapshot) -> Client | None | _NotCached:
+        """The client holding `key` from memory, None for a key that cannot be valid, or
+        `NOT_CACHED` (then ask `authenticate`, which reads the database)."""
+        return self._cache.lookup(key, (head.clients, local_revocations()))
+
+    def authenticate(self, key: str, head: HeadSnapshot) -> Client | None:
+        """The active client holding `key`, read from the database and remembered."""
+        return self._cache.authenticate(self._engine, key, (head.clients, local_revocations()))

@@ -9,8 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlmodel import col
 
-from ledger.service import HEAD_MAX_AGE, HEAD_STALE_LIMIT, ConsentLedger
-from ledger.service.clients import UNKNOWN, KeyCache, create_client, revoke_client
+from ledger.service import ConsentLedger
+from ledger.service.clients import NOT_CACHED, KeyCache, create_client, revoke_client
+from ledger.service.head import HEAD_MAX_AGE, HEAD_STALE_LIMIT
 from ledger.settings import Settings
 from ledger.store.db import write_session
 from ledger.store.schema import ApiClient
@@ -30,8 +31,9 @@ PAIRS = [
 
 def _wait_past_head_max_age(ledger: ConsentLedger) -> None:
     # The API answers at a head up to HEAD_STALE_LIMIT old where reading it is remote.
-    limit = 0.0 if ledger.head_read_is_local else HEAD_STALE_LIMIT
-    time.sleep(max(limit, HEAD_MAX_AGE.get(ledger.engine.dialect.name, 0.0)) + 0.02)
+    engine = ledger.engine.dialect.name
+    limit = 0.0 if engine == "sqlite" else HEAD_STALE_LIMIT
+    time.sleep(max(limit, HEAD_MAX_AGE.get(engine, 0.0)) + 0.02)
 
 
 @pytest.fixture
@@ -142,12 +144,12 @@ def test_a_cached_key_id_with_another_secret_is_refused(
 def test_key_cache_keeps_keys_for_one_generation(ledger: ConsentLedger) -> None:
     client, key = create_client(ledger.engine, "gen", ["read"])
     cache = KeyCache()
-    assert cache.lookup(key, 1) is UNKNOWN
+    assert cache.lookup(key, 1) is NOT_CACHED
     assert cache.authenticate(ledger.engine, key, 1) == client
     assert cache.lookup(key, 1) == client
     assert cache.lookup(key[:-1] + ("x" if key[-1] != "x" else "y"), 1) is None
     assert cache.lookup("not-a-key", 1) is None
-    assert cache.lookup(key, 2) is UNKNOWN  # a new generation starts empty
+    assert cache.lookup(key, 2) is NOT_CACHED  # a new generation starts empty
     # A lookup made under a generation older than the cache's is not remembered.
     assert cache.authenticate(ledger.engine, key, 1) == client
-    assert cache.lookup(key, 2) is UNKNOWN
+    assert cache.lookup(key, 2) is NOT_CACHED

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from api.app import create_app
 from ledger.errors import InvalidInput
 from ledger.service import ConsentLedger
+from ledger.service.head import HeadTracker
 from ledger.tlog.tiles import parse_tile_path
 from tests.api.helpers import PROBLEM_JSON, Keys, auth
 from tests.api.test_auth_matrix import EXPECTED
@@ -137,10 +138,10 @@ def answered(app: Any) -> Any:
 @pytest.fixture
 def fuzz_schema(ledger: ConsentLedger, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Any:
     # `at_least_as_fresh` past the tree waits 2 s before its 503; the fuzzer asks often.
-    wait = ConsentLedger._await_tree_size
+    wait = HeadTracker.await_tree_size
     monkeypatch.setattr(
-        ConsentLedger,
-        "_await_tree_size",
+        HeadTracker,
+        "await_tree_size",
         lambda self, wanted, timeout=0.0: wait(self, wanted, timeout=0.0),
     )
     app = answered(create_app(ledger=ledger))

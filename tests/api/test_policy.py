@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 from importlib import resources
@@ -29,6 +30,31 @@ def version_2(document: dict[str, Any]) -> dict[str, Any]:
     updated["version"] = 2
     updated["defaults"]["default"]["ai-training"]["location"] = "allow"
     return updated
+
+
+def test_publishing_runs_in_the_thread_pool_never_on_the_event_loop(
+    client: TestClient, keys: Keys, ledger: ConsentLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A publish waits for the write lock and a commit; on the event loop it would
+    # hold up every other request meanwhile (issue #12, point 7).
+    publish = ledger.publish_policy
+    where: list[str] = []
+
+    def publish_noting_where(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            where.append("event loop")
+        except RuntimeError:
+            where.append("worker thread")
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "publish_policy", publish_noting_where)
+    document = version_2(current(client, keys))
+
+    response = client.put("/v1/policy", json=document, headers=keys.headers("admin"))
+
+    assert response.status_code == 201, response.text
+    assert where == ["worker thread"]
 
 
 def test_get_policy_returns_the_document_in_force(client: TestClient, keys: Keys) -> None:

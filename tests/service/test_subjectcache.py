@@ -69,7 +69,7 @@ def test_an_erasure_by_another_instance_evicts_the_subject(
 
     answer = ledger.check("dave", "content.public")
     assert (answer.eligible, answer.reason) == (False, "erased")
-    assert "dave" not in ledger._subjects._by_id  # no process memory keeps the link
+    assert "dave" not in ledger._checker.subjects._by_id  # no process memory keeps the link
 
 
 def _population(ledger: ConsentLedger, count: int) -> list[str]:
@@ -95,12 +95,12 @@ def test_a_full_cache_evicts_subjects_and_stays_within_its_budget(
     ids = _population(ledger, 40)
     budget = 8 * SUBJECT_COST
     small = ConsentLedger(settings.model_copy(update={"subject_cache_mb": 0}))
-    small._subjects = SubjectCache(max_bytes=budget)
+    small._checker.subjects = SubjectCache(max_bytes=budget)
     try:
         for subject_id in ids:
             small.check(subject_id, "content.public")
-            assert small._subjects.estimated_bytes <= budget
-        cache = small._subjects
+            assert small._checker.subjects.estimated_bytes <= budget
+        cache = small._checker.subjects
         assert 0 < len(cache) < len(ids)
         assert all(cache._slots[subject.slot] == sid for sid, subject in cache._by_id.items())
         assert len(cache._slots) == len(cache._by_id) == len(cache._id_of_ref)
@@ -130,7 +130,7 @@ def test_answers_do_not_depend_on_the_cache_budget(
             assert again.results == expected.results
         cold = uncached.check_many(requests, as_of=expected.checked_at, at=expected.at)
         assert cold.results == expected.results
-        assert len(uncached._subjects) == 0
+        assert len(uncached._checker.subjects) == 0
     finally:
         uncached.close()
 
