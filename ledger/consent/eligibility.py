@@ -141,6 +141,25 @@ def evaluate_eligibility(
     )
 
 
+def eligibility_matrix(
+    policy: Policy, subject: SubjectState | None, decisions: Sequence[Decision], at: str
+) -> list[dict[str, object]]:
+    """The answer for every category × purpose of the policy: what a subject view shows
+    and what a subject report states (and `verify-report` recomputes)."""
+    return [
+        {
+            "category": category,
+            "purpose": purpose,
+            "eligible": answer.eligible,
+            "reason": answer.reason,
+            "decided_by": answer.decided_by,
+        }
+        for category in policy.categories
+        for purpose in policy.purposes
+        for answer in (evaluate_eligibility(policy, subject, decisions, category, purpose, at),)
+    ]
+
+
 ItemError = TypeVar("ItemError", bound=Exception)
 
 

@@ -14,7 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.consent.decisions import DEFAULT_PURPOSE
-from ledger.consent.eligibility import Decision, SubjectState, evaluate_eligibility
+from ledger.consent.eligibility import (
+    Decision,
+    SubjectState,
+    eligibility_matrix,
+    evaluate_eligibility,
+)
 from ledger.consent.entries import EntryKind
 from ledger.consent.policy import WILDCARD, Policy, ancestors
 
@@ -193,8 +198,9 @@ def subject_facts(ref: str, bodies: Iterable[Mapping[str, Any]]) -> SubjectFacts
     return facts
 
 
-def eligibility_matrix(policy: Policy, facts: SubjectFacts, at: str) -> list[dict[str, Any]]:
-    """Eligibility for every category × purpose, as `ConsentLedger.subject_view` answers it."""
+def facts_eligibility(policy: Policy, facts: SubjectFacts, at: str) -> list[dict[str, Any]]:
+    """Eligibility for every category × purpose from a report's facts, as
+    `ConsentLedger.subject_view` answers it."""
     state = SubjectState(
         registered=facts.registered_seq is not None,
         erased=facts.erased,
@@ -202,20 +208,7 @@ def eligibility_matrix(policy: Policy, facts: SubjectFacts, at: str) -> list[dic
         jurisdiction=facts.jurisdiction,
     )
     decisions = [decision_of(seq, body["data"]) for seq, body in facts.decisions]
-    matrix = []
-    for category in policy.categories:
-        for purpose in policy.purposes:
-            answer = evaluate_eligibility(policy, state, decisions, category, purpose, at)
-            matrix.append(
-                {
-                    "category": category,
-                    "purpose": purpose,
-                    "eligible": answer.eligible,
-                    "reason": answer.reason,
-                    "decided_by": answer.decided_by,
-                }
-            )
-    return matrix
+    return eligibility_matrix(policy, state, decisions, at)
 
 
 # --- period reports ----------------------------------------------------------------------

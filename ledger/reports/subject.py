@@ -21,7 +21,7 @@ from ledger.reports.figures import (
     PolicyTimeline,
     consent_record,
     decision_row,
-    eligibility_matrix,
+    facts_eligibility,
     subject_facts,
 )
 from ledger.service import ConsentLedger
@@ -119,6 +119,6 @@ def build_subject_content(
         "as_of": {"tree_size": tree_size, "at": at, "policy_version": version},
         "decisions": rows,
         "consent_records": records,
-        "eligibility": eligibility_matrix(policy, facts, at),
+        "eligibility": facts_eligibility(policy, facts, at),
         "limits": list(LIMITS),
     }

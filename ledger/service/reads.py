@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from ledger.consent.eligibility import Decision, evaluate_eligibility
+from ledger.consent.eligibility import Decision, eligibility_matrix
 from ledger.consent.entries import EntryKind
 from ledger.consent.policy import Policy
 from ledger.consent.projection import SubjectRow
@@ -369,21 +369,7 @@ class ReadModel:
             decision_rows = snapshot.decision_rows(link.ref)
         state = states[subject_id]
         subject_decisions = decisions.get(subject_id, [])
-        matrix = []
-        for category in policy.categories:
-            for purpose in policy.purposes:
-                answer = evaluate_eligibility(
-                    policy, state, subject_decisions, category, purpose, moment
-                )
-                matrix.append(
-                    {
-                        "category": category,
-                        "purpose": purpose,
-                        "eligible": answer.eligible,
-                        "reason": answer.reason,
-                        "decided_by": answer.decided_by,
-                    }
-                )
+        matrix = eligibility_matrix(policy, state, subject_decisions, moment)
         return SubjectView(
             subject_id=subject_id,
             ref=link.ref,
