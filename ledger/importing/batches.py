@@ -266,8 +266,12 @@ def _append_row(
             updated = writer.append(*entries.subject_updated(ref, changes), vetted=True)
             latest[ref] = subject_version(updated, current)
     if len(row) > 6:
-        terms = ConsentTerms(*row[6:])
-        if terms.effective is None:
-            terms = terms._replace(effective=writer.time)
-            check_expires(terms.effective, terms.expires, field=f"line {line}, expires")
+        category, purpose, decision, explicit, method, notice, effective, expires = row[6:]
+        if effective is None:
+            # Stated without one: the append's time, as for any decision.
+            effective = writer.time
+            check_expires(effective, expires, field=f"line {line}, expires")
+        terms = ConsentTerms(
+            category, purpose, decision, explicit, method, notice, effective, expires
+        )
         writer.append(*entries.consent_recorded(ref, terms), vetted=True)
