@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import getpass
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
 from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy
-from ledger.importing import DEFAULT_BATCH, ImportSummary, RowError
 from ledger.service.checker import Checker
 from ledger.service.clients import ApiClients, Client
 from ledger.service.head import HeadSnapshot, HeadTracker
@@ -74,6 +72,8 @@ class ConsentLedger:
         self.check_many = self._checker.check_many
         self.head_async = self._head.head_async
         self.cached_client = self._clients.cached
+        # One signature for the import's many options: the writer's.
+        self.import_file = self._writer.import_file
 
     @property
     def engine(self) -> Engine:
@@ -173,28 +173,6 @@ class ConsentLedger:
     def publish_policy(self, policy: Policy, *, actor: str) -> SealedAppend:
         """Publish a policy; its version must be newer than the one in force."""
         return self._writer.publish_policy(policy, actor=actor)
-
-    def import_file(
-        self,
-        path: Path,
-        *,
-        actor: str,
-        batch_size: int = DEFAULT_BATCH,
-        skip_invalid: bool = False,
-        on_reject: Callable[[RowError], None] | None = None,
-        progress: Callable[[int], None] | None = None,
-        pipeline: bool | None = None,
-    ) -> ImportSummary:
-        """Import a CSV/JSONL file of registrations and decisions (see `ledger.importing`)."""
-        return self._writer.import_file(
-            path,
-            actor=actor,
-            batch_size=batch_size,
-            skip_invalid=skip_invalid,
-            on_reject=on_reject,
-            progress=progress,
-            pipeline=pipeline,
-        )
 
     # --- reads ---------------------------------------------------------------------------
 
