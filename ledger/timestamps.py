@@ -1,7 +1,8 @@
 """Timestamps as the log writes them: RFC 3339, UTC, `Z`, exactly six fractional digits.
 
 One fixed textual form keeps canonical bytes stable and lets timestamps
-compare correctly as strings as well as datetimes.
+compare correctly as strings as well as datetimes: every field has a fixed width,
+the year included (0001-9999, the years RFC 3339 and Python's datetime share).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ def format_timestamp(moment: datetime) -> str:
     """`2026-11-26T18:20:00.123456Z` for any aware datetime."""
     if moment.tzinfo is None:
         raise InvalidInput("timestamp has no time zone")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    # Not strftime("%Y"): it writes the year 500 as "500", which is not RFC 3339 and
+    # sorts after "2024" as a string, so an old refusal would lose to a newer grant.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
 
 
 def parse_timestamp(text: str, *, field: str = "time") -> datetime:
@@ -30,6 +37,10 @@ def parse_timestamp(text: str, *, field: str = "time") -> datetime:
     try:
         moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError as exc:
+        if text.startswith("0000"):
+            raise InvalidInput(
+                f"timestamp {text!r} is before the year 0001, the earliest accepted", field=field
+            ) from exc
         raise InvalidInput(f"expected an RFC 3339 timestamp, got {text!r}", field=field) from exc
     if moment.tzinfo is None:
         raise InvalidInput(f"timestamp {text!r} has no time zone offset", field=field)
@@ -39,10 +50,10 @@ def parse_timestamp(text: str, *, field: str = "time") -> datetime:
         raise InvalidInput(f"timestamp {text!r} is out of range in UTC", field=field) from None
 
 
-# Already UTC with `Z`, at most six fractional digits, a four-digit year from 1000 (strftime
-# writes smaller years without their leading zeros): only the fraction needs rewriting.
+# Already UTC with `Z`, at most six fractional digits, a four-digit year: only the fraction
+# needs rewriting.
 _PLAIN_UTC = re.compile(
-    r"([1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,6}))?Z"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,6}))?Z"
 )
 
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ledger.consent.decisions import DecisionRequest
 from ledger.errors import InvalidInput
+from ledger.service import ConsentLedger
 from ledger.timestamps import format_timestamp, normalize_timestamp, parse_timestamp
 
 
@@ -84,3 +86,45 @@ def test_format_needs_a_zone() -> None:
     assert format_timestamp(datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))) == (
         format_timestamp(datetime(2026, 1, 1, tzinfo=UTC))
     )
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+)
+def test_stored_timestamps_order_as_their_instants(first: datetime, second: datetime) -> None:
+    # Eligibility compares stored timestamps as strings: that must be comparing instants.
+    a, b = first.replace(tzinfo=UTC), second.replace(tzinfo=UTC)
+    assert (format_timestamp(a) < format_timestamp(b)) == (a < b)
+    assert len(format_timestamp(a)) == len("2026-01-01T00:00:00.000000Z")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0500-01-01T00:00:00Z", "0500-01-01T00:00:00.000000Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z"),
+        ("0999-12-31T23:00:00-00:30", "0999-12-31T23:30:00.000000Z"),
+    ],
+)
+def test_years_before_1000_keep_four_digits(text: str, expected: str) -> None:
+    assert normalize_timestamp(text) == expected
+    assert reference(text) == expected
+
+
+def test_year_zero_is_refused_by_name() -> None:
+    with pytest.raises(InvalidInput, match="before the year 0001"):
+        normalize_timestamp("0000-06-01T00:00:00Z", field="effective")
+
+
+def test_a_refusal_dated_before_1000_is_applied(ledger: ConsentLedger) -> None:
+    # Stored as "500-01-01…", it sorted after every modern time and was never in force.
+    ledger.register_subject("y500", jurisdiction="US", actor="test")
+    assert ledger.check("y500", "profile").reason == "default-allow"
+    refusal = DecisionRequest(
+        category="*", purpose="*", decision="denied", effective="0500-01-01T00:00:00Z"
+    )
+    sealed = ledger.record_consents("y500", [refusal], actor="test")
+    assert sealed.entries[0].data["effective"] == "0500-01-01T00:00:00.000000Z"
+    answer = ledger.check("y500", "profile")
+    assert (answer.eligible, answer.reason) == (False, "refused")

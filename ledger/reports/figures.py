@@ -22,6 +22,7 @@ from ledger.consent.eligibility import (
 )
 from ledger.consent.entries import EntryKind
 from ledger.consent.policy import WILDCARD, Policy, ancestors
+from ledger.timestamps import format_timestamp
 
 DECISION_KINDS = ("granted", "denied", "withdrawn")
 
@@ -472,7 +473,8 @@ def _advance(moment: datetime, unit: str) -> datetime:
 
 
 def _label(moment: datetime, width: int) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M")[:width]
+    # The log's own form, so that years before 1000 keep their four digits here too.
+    return format_timestamp(moment)[:width]
 
 
 def _bucket_keys(first: str, last: str) -> tuple[str, int, list[str]]:
