@@ -128,3 +128,20 @@ def test_a_refusal_dated_before_1000_is_applied(ledger: ConsentLedger) -> None:
     assert sealed.entries[0].data["effective"] == "0500-01-01T00:00:00.000000Z"
     answer = ledger.check("y500", "profile")
     assert (answer.eligible, answer.reason) == (False, "refused")
+
+
+def test_an_expiry_before_1000_is_not_later_than_a_modern_effective(
+    ledger: ConsentLedger,
+) -> None:
+    ledger.register_subject("y999", jurisdiction="US", actor="test")
+    grant = DecisionRequest(
+        category="profile",
+        decision="granted",
+        effective="2024-01-01T00:00:00Z",
+        expires="0999-01-01T00:00:00Z",
+    )
+    with pytest.raises(InvalidInput, match="must be later than effective"):
+        ledger.record_consents("y999", [grant], actor="test")
+    assert ledger.check("y999", "profile", at="0001-01-01T00:00:00Z").at == (
+        "0001-01-01T00:00:00.000000Z"
+    )
