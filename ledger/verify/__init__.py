@@ -13,8 +13,8 @@ chunks; steps 1-3 run chunk by chunk, in that order, the rest at the end:
    entries equals the signed root, the note names this log's origin, and it
    carries a valid signature by a key trusted at the previous checkpoint and
    by every key announced since (which is how rotation is followed).
-4. Tree nodes: every stored Merkle node equals the one recomputed from the
-   entries, so proofs served from them are sound.
+4. Tree nodes (`tree.py`): every stored Merkle node equals the one recomputed from
+   the entries, so proofs served from them are sound.
 5. Subjects: every mapping row's salt and id open the commitment of its
    `subject.registered` entry, no erased subject has one; every erasure
    record points at an erasure and every erasure has one.
@@ -32,15 +32,13 @@ reading.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from ledger.consent.entries import KEY_KINDS, KINDS, SUBJECT_KINDS, EntryKind, subject_of
@@ -61,9 +59,12 @@ from ledger.tlog.notes import (
     open_checkpoint,
     verify_note_signatures,
 )
+from ledger.verify.rows import OrderedRows
+from ledger.verify.tree import check_stored_tree
 
-# Entries per chunk: the parsed entries of one chunk are held at once (~2 KB each).
-CHUNK = 10_000
+# Compared once per entry: plain strings (a member's attribute lookup costs more).
+_REGISTERED = EntryKind.SUBJECT_REGISTERED.value
+_ERASED = EntryKind.SUBJECT_ERASED.value
 
 
 @dataclass
@@ -156,19 +157,19 @@ class _Verifier:
         ]
         with ExitStack() as cursors:
             entries = cursors.enter_context(
-                _OrderedRows(
+                OrderedRows(
                     self.conn,
                     "SELECT seq, kind, subject, canonical FROM log_entries ORDER BY seq",
                 )
             )
             checkpoints = cursors.enter_context(
-                _OrderedRows(
+                OrderedRows(
                     self.conn, "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size"
                 )
             )
             projections = {
                 table: cursors.enter_context(
-                    _OrderedRows(
+                    OrderedRows(
                         self.conn,
                         f"SELECT {', '.join(columns)} FROM {table} ORDER BY seq",
                         key_at=columns.index("seq"),
@@ -197,7 +198,7 @@ class _Verifier:
                         f"{table} has a row for entry {seq}, which the log does not hold",
                         subject=f"entry {seq}",
                     )
-            self._check_nodes()
+            check_stored_tree(self.conn, self.levels)
             subjects = self._check_subjects()
         self._check_head(state)
         for position, checkpoint in externals:
@@ -246,9 +247,9 @@ class _Verifier:
                 or seq == 0
             ):
                 self._check_entry_shape(seq, body, kind, subject)
-            if stated == EntryKind.SUBJECT_REGISTERED:
+            if stated == _REGISTERED:
                 self._registered(seq, data, subject)
-            elif stated == EntryKind.SUBJECT_ERASED:
+            elif stated == _ERASED:
                 self.erasures[seq] = subject
             leaves += sha256(b"\x00" + canonical).digest()
             entries.append(LogEntry(seq, canonical, body))
@@ -326,7 +327,7 @@ class _Verifier:
     # 2. projections ------------------------------------------------------------------------
 
     def _compare_projection(
-        self, entries: list[LogEntry], projections: dict[str, _OrderedRows]
+        self, entries: list[LogEntry], projections: dict[str, OrderedRows]
     ) -> None:
         start, end = entries[0].seq, entries[-1].seq + 1
         # Plain tuples in the projector's column order: comparing millions of rows as
@@ -437,108 +438,6 @@ class _Verifier:
             ]
         )
 
-    # 4. tree nodes -------------------------------------------------------------------------
-
-    def _check_nodes(self) -> None:
-        """Every node of the recomputed tree is stored, in a complete tile or alone (or
-        both: a tile's first nodes were stored alone before it was complete), with the
-        same hash; nothing else is stored."""
-        levels = [level for level in self.levels if level]
-        tiles = self._check_tiles(levels)
-        for level, hashes in enumerate(levels):
-            self._check_level(level, hashes, tiles.get(level // merkle.TILE_HEIGHT, []))
-        for level, index in self.conn.exec_driver_sql(
-            f"SELECT level, idx FROM merkle_nodes WHERE level >= {len(levels)} OR level < 0 LIMIT 1"
-        ):
-            raise VerificationError(
-                "is missing or extra: the stored tree does not match the entries",
-                subject=f"merkle node {level}/{index}",
-            )
-
-    def _check_tiles(self, levels: list[bytearray]) -> dict[int, list[int]]:
-        """Check each stored tile against the recomputed tree; the indexes of the tiles
-        of each tile level, in order."""
-        found: dict[int, list[int]] = {}
-        with _OrderedRows(
-            self.conn, "SELECT level, idx, hashes FROM merkle_tiles ORDER BY level, idx"
-        ) as rows:
-            for batch in rows.batches():
-                for tile_level, index, stored in batch:
-                    where = f"merkle tile {tile_level}/{index}"
-                    expected = _tile(levels, tile_level, index)
-                    if expected is None:
-                        raise VerificationError(
-                            "is extra: the entries do not complete this tile", subject=where
-                        )
-                    if stored != expected:
-                        span = 1 << (merkle.TILE_HEIGHT * (tile_level + 1))
-                        raise VerificationError(
-                            "does not match the entries it covers: entry bytes or tree nodes "
-                            f"were changed in entries {index * span}..{(index + 1) * span - 1}",
-                            subject=where,
-                        )
-                    found.setdefault(tile_level, []).append(index)
-        return found
-
-    def _check_level(self, level: int, hashes: bytearray, tiles: list[int]) -> None:
-        """The nodes of `level` stored alone match, and with those in `tiles` are all of them."""
-        size = merkle.HASH_SIZE
-        count = len(hashes) // size
-        width = merkle.TILE_WIDTH >> (level % merkle.TILE_HEIGHT)
-        view = memoryview(hashes)
-        alone = 0
-        with _OrderedRows(
-            self.conn, f"SELECT idx, hash FROM merkle_nodes WHERE level = {level} ORDER BY idx"
-        ) as rows:
-            for batch in rows.batches():
-                first, last = batch[0][0], batch[-1][0]
-                stored = list(map(itemgetter(1), batch))
-                # (level, idx) is the primary key: a run of consecutive indexes in
-                # range can be compared in one go.
-                if (
-                    0 <= first
-                    and last < count
-                    and last - first + 1 == len(batch)
-                    and set(map(len, stored)) == {size}
-                    and b"".join(stored) == view[first * size : (last + 1) * size]
-                ):
-                    alone += len(batch) - _in_tiles(tiles, width, first, last + 1)
-                    continue
-                for index, node in batch:
-                    where = f"merkle node {level}/{index}"
-                    if not 0 <= index < count:
-                        raise VerificationError(
-                            "is missing or extra: the stored tree does not match the entries",
-                            subject=where,
-                        )
-                    if node != hashes[index * size : (index + 1) * size]:
-                        first_entry, last_entry = index << level, ((index + 1) << level) - 1
-                        raise VerificationError(
-                            "does not match the entries it covers: entry bytes or tree nodes "
-                            f"were changed in entries {first_entry}..{last_entry}",
-                            subject=where,
-                        )
-                    alone += _in_tiles(tiles, width, index, index + 1) == 0
-        if alone != count - len(tiles) * width:
-            missing = self._first_missing(level, count, width, tiles)
-            raise VerificationError("is missing", subject=f"merkle node {level}/{missing}")
-
-    def _first_missing(self, level: int, count: int, width: int, tiles: list[int]) -> int:
-        in_tiles = set(tiles)
-        expected = (index for index in range(count) if index // width not in in_tiles)
-        with _OrderedRows(
-            self.conn, f"SELECT idx FROM merkle_nodes WHERE level = {level} ORDER BY idx"
-        ) as rows:
-            want = next(expected, None)
-            for batch in rows.batches():
-                for (index,) in batch:
-                    if want is not None and index > want:
-                        return want
-                    if index == want:
-                        want = next(expected, None)
-        assert want is not None, "called with a node missing"
-        return want
-
     # 5. subjects ---------------------------------------------------------------------------
 
     def _check_subjects(self) -> int:
@@ -574,7 +473,7 @@ class _Verifier:
         """Check the mapping rows `sql` reads: how many, and the first problem (if any)."""
         count = 0
         erased = {ref: seq for seq, ref in self.erasures.items()}
-        with _OrderedRows(self.conn, sql) as rows:
+        with OrderedRows(self.conn, sql) as rows:
             for batch in rows.batches():
                 for subject_id, ref, salt in batch:
                     where = f"subject {ref}"
@@ -684,71 +583,6 @@ class _Verifier:
             )
 
 
-class _OrderedRows:
-    """The rows of one ordered query as plain tuples, a batch at a time.
-
-    A server-side cursor on PostgreSQL, so a million-row table is never held
-    at once; SQLite's cursors step through the result anyway. `below(end)`
-    hands out the rows whose key (column `key_at`) is below `end`, which
-    lets a table be read in step with the log's chunks.
-    """
-
-    def __init__(self, conn: Connection, sql: str, *, key_at: int = 0) -> None:
-        dbapi: Any = conn.connection.dbapi_connection
-        if conn.dialect.name == "postgresql":
-            _OrderedRows._opened += 1
-            # Binary results: bytea arrives as bytes, not hex text to decode.
-            self._cursor = dbapi.cursor(name=f"verify_{_OrderedRows._opened}", binary=True)
-        else:
-            self._cursor = dbapi.cursor()
-        self._cursor.execute(sql)
-        self.key_at = key_at
-        self._buffer: list[tuple[Any, ...]] = []
-        self._done = False
-
-    _opened = 0
-
-    def __enter__(self) -> _OrderedRows:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._cursor.close()
-
-    def _fetch(self) -> list[tuple[Any, ...]]:
-        if self._done:
-            return []
-        batch: list[tuple[Any, ...]] = self._cursor.fetchmany(CHUNK)
-        if len(batch) < CHUNK:
-            self._done = True
-        return batch
-
-    def batches(self) -> Iterator[list[tuple[Any, ...]]]:
-        if self._buffer:
-            yield self._buffer
-            self._buffer = []
-        while batch := self._fetch():
-            yield batch
-
-    def below(self, end: int | None) -> list[tuple[Any, ...]]:
-        """The next rows whose key is below `end` (None: all the rows left)."""
-        key_at = self.key_at
-        taken: list[tuple[Any, ...]] = []
-        while True:
-            if not self._buffer:
-                self._buffer = self._fetch()
-                if not self._buffer:
-                    return taken
-            buffer = self._buffer
-            if end is None or buffer[-1][key_at] < end:
-                taken += buffer
-                self._buffer = []
-                continue
-            cut = bisect_left(buffer, end, key=itemgetter(key_at))
-            taken += buffer[:cut]
-            self._buffer = buffer[cut:]
-            return taken
-
-
 def _name_difference(
     table: str, seq_at: int, expected: list[tuple[Any, ...]], actual: list[tuple[Any, ...]]
 ) -> NoReturn:
@@ -774,28 +608,3 @@ def _described(columns: tuple[str, ...], rows: list[tuple[Any, ...]] | None) -> 
     if not rows:
         return "nothing"
     return " and ".join(repr(dict(zip(columns, row, strict=True))) for row in rows)
-
-
-_first = itemgetter(0)
-
-
-def _tile(levels: Sequence[bytes | bytearray], tile_level: int, index: int) -> bytes | None:
-    """Tile (tile_level, index) of a tree given level by level, or None if incomplete."""
-    top = tile_level * merkle.TILE_HEIGHT + merkle.TILE_HEIGHT - 1
-    if index < 0 or top >= len(levels) or len(levels[top]) < (index + 1) * 2 * merkle.HASH_SIZE:
-        return None
-    parts = []
-    for sub in range(merkle.TILE_HEIGHT):
-        span = (merkle.TILE_WIDTH >> sub) * merkle.HASH_SIZE
-        level = levels[tile_level * merkle.TILE_HEIGHT + sub]
-        parts.append(level[index * span : (index + 1) * span])
-    return b"".join(parts)
-
-
-def _in_tiles(tiles: list[int], width: int, start: int, stop: int) -> int:
-    """How many of a level's nodes start … stop-1 lie in `tiles` (sorted indexes)."""
-    inside = 0
-    first, last = bisect_left(tiles, start // width), bisect_right(tiles, (stop - 1) // width)
-    for tile in tiles[first:last]:
-        inside += min(stop, (tile + 1) * width) - max(start, tile * width)
-    return inside
