@@ -11,7 +11,7 @@ from ledger.service import ConsentLedger
 from ledger.store.db import read_session, write_session
 from ledger.store.schema import MerkleTile
 from ledger.tlog import log, merkle
-from ledger.tlog.log import LogWriter
+from ledger.tlog.log import LogWriter, no_subject
 from ledger.tlog.tiles import TileAddress, read_tile
 
 # Appends of these sizes cross level-0 tiles one leaf at a time and in bulk, and
@@ -24,7 +24,7 @@ def big_ledger(ledger: ConsentLedger) -> ConsentLedger:
     signer = ledger.signing_key()
     for count in APPENDS:
         with write_session(ledger.engine) as session:
-            writer = LogWriter.open(session, actor="ops")
+            writer = LogWriter.open(session, actor="ops", subject_of=no_subject)
             for number in range(count):
                 writer.append("test.note", {"n": number})
             writer.seal([signer])

@@ -37,6 +37,10 @@ PROJECTION_COLUMNS: dict[str, tuple[str, ...]] = {
 # (table, its PROJECTION_COLUMNS, rows), as `ledger.tlog.log` inserts them.
 Projected = list[TableRows]
 
+# Compared once per entry appended or verified: plain strings, bound once.
+_CONSENT = EntryKind.CONSENT_RECORDED.value
+_POLICY = EntryKind.POLICY_PUBLISHED.value
+
 
 class Projector:
     """Projects entries in seq order; remembers the latest subject row it produced."""
@@ -61,7 +65,7 @@ class Projector:
         for entry in entries:
             body = entry.body
             kind, data = body["kind"], body["data"]
-            if kind == EntryKind.CONSENT_RECORDED:
+            if kind == _CONSENT:
                 decisions.append(
                     (
                         entry.seq,
@@ -82,7 +86,7 @@ class Projector:
                 versions.append(
                     (row["ref"], row["seq"], row["jurisdiction"], row["minor"], row["erased"])
                 )
-            elif kind == EntryKind.POLICY_PUBLISHED:
+            elif kind == _POLICY:
                 document = canonical_bytes(data["policy"]).decode()
                 policies.append((data["version"], entry.seq, document))
         rows = {

@@ -216,6 +216,7 @@ def read_node_ranges(
 ProjectionHook = Callable[[Sequence[LogEntry]], Sequence[TableRows]]
 # A subject hook: the subject an entry (kind, data) concerns, stored beside it in
 # `log_entries.subject` so that a subject's history is one indexed read.
+# Required wherever a writer is made, so that a forgotten hook cannot silently store none.
 SubjectOf = Callable[[str, Mapping[str, Any]], str | None]
 
 
@@ -244,7 +245,7 @@ class LogWriter:
     _subject_of: SubjectOf = no_subject
 
     @classmethod
-    def open(cls, session: Session, *, actor: str, subject_of: SubjectOf = no_subject) -> LogWriter:
+    def open(cls, session: Session, *, actor: str, subject_of: SubjectOf) -> LogWriter:
         """Read the committed head. The caller holds the write lock (`write_session`)."""
         # The time is taken only after the head, under the lock: entry times never go
         # backwards along seq.
@@ -258,7 +259,7 @@ class LogWriter:
         actor: str,
         session: Session | None = None,
         keep_nodes: bool = True,
-        subject_of: SubjectOf = no_subject,
+        subject_of: SubjectOf,
     ) -> LogWriter:
         """A writer building on `head`. Without a session it can only `prepare`, and only
         without `keep_nodes`: whoever writes the result must check, under the write lock,
@@ -407,7 +408,7 @@ def create_log(
     genesis: Callable[[LogWriter], None],
     signers: Sequence[NoteSigner],
     project: ProjectionHook | None = None,
-    subject_of: SubjectOf = no_subject,
+    subject_of: SubjectOf,
 ) -> SealedAppend:
     """Start a new, empty log and append its first entries in the same transaction."""
     session.execute(

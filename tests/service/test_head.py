@@ -45,6 +45,10 @@ def test_a_write_by_this_process_moves_the_head_at_once(ledger: ConsentLedger) -
 
     assert sealed is not None
     assert asyncio.run(ledger.head_async()).tree_size == sealed.tree_size
+    # From memory, never re-read: only the writer's own report can have moved it.
+    remembered = ledger._head.head_nowait(max_age=float("inf"))
+    assert remembered is not None
+    assert remembered.tree_size == sealed.tree_size
 
 
 def test_the_head_never_goes_back_behind_a_commit_seen_here(tracker: HeadTracker) -> None:
