@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ledger.errors import (
+    CatchingUp,
     Conflict,
     InvalidInput,
     LedgerError,
@@ -68,7 +69,9 @@ def status_of(exc: LedgerError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
-    if isinstance(exc, NotInitialized | SigningKeyError | NotFresh | ReadOnlyDatabase):
+    if isinstance(
+        exc, NotInitialized | SigningKeyError | NotFresh | ReadOnlyDatabase | CatchingUp
+    ):
         return 503
     return 500
 
@@ -80,7 +83,7 @@ def ledger_problem(exc: LedgerError) -> Response:
         errors = [{"field": exc.field, "message": str(exc.args[0])}]
     if status == 500:
         logger.error("unexpected ledger error: %s", exc)
-    headers = {"Retry-After": "1"} if isinstance(exc, NotFresh) else None
+    headers = {"Retry-After": "1"} if isinstance(exc, NotFresh | CatchingUp) else None
     return problem(status, str(exc), errors=errors, headers=headers)
 
 

@@ -297,7 +297,7 @@ def memory_workload(workload: str, ctx: Context, rows: int, out: Path, top: int)
     from api.routes.eligibility import _evaluate
     from bench.apiload import BATCH_ITEMS
     from bench.workloads import check_item
-    from ledger.datasets import filter_dataset
+    from ledger.filtering import filter_dataset
     from ledger.service import ConsentLedger
 
     bench_ledger = ctx.new_ledger("profiled")

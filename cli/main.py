@@ -23,7 +23,7 @@ from cli.common import (
     styled,
 )
 from cli.importer import import_command
-from ledger.datasets import filter_dataset
+from ledger.filtering import filter_dataset
 from ledger.errors import InvalidInput
 from ledger.service import SCOPES, ConsentLedger, cli_actor
 from ledger.tlog.evidence import EvidenceBundle, verify_bundle

@@ -29,6 +29,9 @@ class EntryKind(StrEnum):
     SUBJECT_UPDATED = "subject.updated"
     CONSENT_RECORDED = "consent.recorded"
     SUBJECT_ERASED = "subject.erased"
+    DATASET_RECORDED = "dataset.recorded"
+    DATASET_PURGED = "dataset.purged"
+    DATASET_RETIRED = "dataset.retired"
 
 
 def _texts(*kinds: EntryKind) -> frozenset[str]:
@@ -47,6 +50,10 @@ SUBJECT_STATE_KINDS = _texts(
 # The kinds whose `data.subject` names a subject reference: the log stores it beside
 # the entry (`subject_of`), so that a subject's history is one indexed read.
 SUBJECT_KINDS = SUBJECT_STATE_KINDS | _texts(EntryKind.CONSENT_RECORDED)
+# The kinds about dataset builds (SPEC §7): their members and purges live outside the log.
+DATASET_KINDS = _texts(
+    EntryKind.DATASET_RECORDED, EntryKind.DATASET_PURGED, EntryKind.DATASET_RETIRED
+)
 
 
 def subject_of(kind: str, data: Mapping[str, Any]) -> str | None:
@@ -136,3 +143,54 @@ def consent_recorded(ref: str, terms: ConsentTerms) -> Entry:
 
 def subject_erased(ref: str) -> Entry:
     return Entry(EntryKind.SUBJECT_ERASED, {"subject": ref})
+
+
+# --- dataset builds (SPEC §7) ------------------------------------------------------------
+
+
+def dataset_recorded(
+    dataset: str,
+    version: str,
+    *,
+    purpose: str,
+    checked_at: int,
+    at: str,
+    policy_version: int,
+    records: int,
+    members_root: str,
+) -> Entry:
+    """A build: its members' RFC 9162 root (base64), over leaves in record-id byte order."""
+    return Entry(
+        EntryKind.DATASET_RECORDED,
+        {
+            "dataset": dataset,
+            "version": version,
+            "purpose": purpose,
+            "checked_at": checked_at,
+            "at": at,
+            "policy_version": policy_version,
+            "records": records,
+            "members_root": members_root,
+        },
+    )
+
+
+def dataset_purged(
+    dataset: str, version: str, *, records: int, purged_root: str, fulfils: int
+) -> Entry:
+    """Records removed from a build; `fulfils` of them closed an obligation."""
+    return Entry(
+        EntryKind.DATASET_PURGED,
+        {
+            "dataset": dataset,
+            "version": version,
+            "records": records,
+            "purged_root": purged_root,
+            "fulfils": fulfils,
+        },
+    )
+
+
+def dataset_retired(dataset: str, version: str) -> Entry:
+    """A whole build deleted everywhere; its open obligations close as fulfilled."""
+    return Entry(EntryKind.DATASET_RETIRED, {"dataset": dataset, "version": version})

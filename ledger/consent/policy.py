@@ -67,6 +67,9 @@ _TOP_LEVEL_KEYS: Final = (
     "minors_eligible",
     "defaults",
 )
+# Optional keys, with the value a document without them means.
+DEFAULT_PURGE_WITHIN: Final = 30
+MAX_PURGE_WITHIN: Final = 3650
 
 
 def ancestors(name: str) -> tuple[str, ...]:
@@ -137,6 +140,9 @@ class Policy:
     special: tuple[str, ...]
     minors_eligible: bool
     defaults: Mapping[str, Mapping[str, Mapping[str, Default]]]
+    # Days a platform has to purge a record from a dataset once it stops being
+    # eligible (SPEC §7.2): an obligation's `due` is its cause time plus this.
+    purge_within: int = DEFAULT_PURGE_WITHIN
 
     categories: tuple[str, ...] = field(init=False, compare=False)
     purposes: tuple[str, ...] = field(init=False, compare=False)
@@ -201,6 +207,7 @@ class Policy:
             ],
             "special": list(self.special),
             "minors_eligible": self.minors_eligible,
+            "purge_within": self.purge_within,
             "defaults": {
                 regime: {purpose: dict(by_category) for purpose, by_category in rules.items()}
                 for regime, rules in self.defaults.items()
@@ -355,7 +362,7 @@ def _exact_keys(
 
 def _parse_document(doc: Mapping[str, Any]) -> Policy:
     doc = _mapping(doc, "policy")
-    _exact_keys(doc, "", _TOP_LEVEL_KEYS)
+    _exact_keys(doc, "", _TOP_LEVEL_KEYS, ("purge_within",))
 
     version = doc["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -369,6 +376,18 @@ def _parse_document(doc: Mapping[str, Any]) -> Policy:
     if not isinstance(minors_eligible, bool):
         raise PolicyError(
             f"expected true or false, got {_kind(minors_eligible)}", field="minors_eligible"
+        )
+
+    purge_within = doc.get("purge_within", DEFAULT_PURGE_WITHIN)
+    if (
+        isinstance(purge_within, bool)
+        or not isinstance(purge_within, int)
+        or not 1 <= purge_within <= MAX_PURGE_WITHIN
+    ):
+        raise PolicyError(
+            f"expected a whole number of days from 1 to {MAX_PURGE_WITHIN}, "
+            f"got {_kind(purge_within)}",
+            field="purge_within",
         )
 
     categories = _parse_taxonomy(doc["categories"], "categories")
@@ -408,6 +427,7 @@ def _parse_document(doc: Mapping[str, Any]) -> Policy:
         special=tuple(special),
         minors_eligible=minors_eligible,
         defaults=defaults,
+        purge_within=purge_within,
     )
 
 

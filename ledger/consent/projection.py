@@ -33,6 +33,28 @@ PROJECTION_COLUMNS: dict[str, tuple[str, ...]] = {
         "expires",
     ),
     "policy_versions": ("version", "seq", "document"),
+    "dataset_builds": (
+        "seq",
+        "dataset",
+        "version",
+        "purpose",
+        "checked_at",
+        "at",
+        "policy_version",
+        "records",
+        "members_root",
+        "time",
+    ),
+    "dataset_removals": (
+        "seq",
+        "kind",
+        "dataset",
+        "version",
+        "records",
+        "fulfils",
+        "purged_root",
+        "time",
+    ),
 }
 # (table, its PROJECTION_COLUMNS, rows), as `ledger.tlog.log` inserts them.
 Projected = list[TableRows]
@@ -40,6 +62,9 @@ Projected = list[TableRows]
 # Compared once per entry appended or verified: plain strings, bound once.
 _CONSENT = EntryKind.CONSENT_RECORDED.value
 _POLICY = EntryKind.POLICY_PUBLISHED.value
+_BUILD = EntryKind.DATASET_RECORDED.value
+_PURGED = EntryKind.DATASET_PURGED.value
+_RETIRED = EntryKind.DATASET_RETIRED.value
 
 
 class Projector:
@@ -61,6 +86,8 @@ class Projector:
         versions: Rows = []
         decisions: Rows = []
         policies: Rows = []
+        builds: Rows = []
+        removals: Rows = []
         latest_subject, subjects = self.latest_subject, self._subjects
         for entry in entries:
             body = entry.body
@@ -89,10 +116,53 @@ class Projector:
             elif kind == _POLICY:
                 document = canonical_bytes(data["policy"]).decode()
                 policies.append((data["version"], entry.seq, document))
+            elif kind == _BUILD:
+                builds.append(
+                    (
+                        entry.seq,
+                        data["dataset"],
+                        data["version"],
+                        data["purpose"],
+                        data["checked_at"],
+                        data["at"],
+                        data["policy_version"],
+                        data["records"],
+                        data["members_root"],
+                        body["time"],
+                    )
+                )
+            elif kind == _PURGED:
+                removals.append(
+                    (
+                        entry.seq,
+                        "purged",
+                        data["dataset"],
+                        data["version"],
+                        data["records"],
+                        data["fulfils"],
+                        data["purged_root"],
+                        body["time"],
+                    )
+                )
+            elif kind == _RETIRED:
+                removals.append(
+                    (
+                        entry.seq,
+                        "retired",
+                        data["dataset"],
+                        data["version"],
+                        None,
+                        None,
+                        None,
+                        body["time"],
+                    )
+                )
         rows = {
             "subject_versions": versions,
             "consent_decisions": decisions,
             "policy_versions": policies,
+            "dataset_builds": builds,
+            "dataset_removals": removals,
         }
         return [(table, columns, rows[table]) for table, columns in PROJECTION_COLUMNS.items()]
 

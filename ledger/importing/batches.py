@@ -18,8 +18,10 @@ from ledger.consent.decisions import ConsentTerms, check_expires
 from ledger.consent.policy import Policy
 from ledger.consent.projection import Projector, SubjectRow, subject_version
 from ledger.consent.subjects import RandomPool, commitment
+from ledger.datasets import obligations
 from ledger.store.db import bulk_insert, in_chunks, write_session
 from ledger.store.schema import ImportProgress, LedgerState, SubjectMapping, SubjectVersion
+from ledger.timestamps import format_timestamp, utc_now
 from ledger.tlog.log import LogHead, LogWriter, PreparedAppend, write_prepared
 from ledger.tlog.notes import NoteSigner
 
@@ -153,6 +155,8 @@ def store_batch(session: Session, prepared: PreparedBatch) -> int:
     bulk_insert(session, "subjects", ("subject_id", "ref", "salt"), prepared.mappings)
     if prepared.append is not None:
         write_prepared(session, prepared.append)
+        # What the batch's decisions mean for dataset members, in the same transaction.
+        obligations.catch_up(session, format_timestamp(utc_now()))
     values = {
         "rows_done": prepared.end,
         "entries_written": prepared.entries_written,

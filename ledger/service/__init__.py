@@ -7,6 +7,7 @@ with `policies`, `subjectcache`, `groupcommit` and `keys` beneath them.
 """
 
 from ledger.service.clients import NOT_CACHED, SCOPES, Client
+from ledger.service.datasets import BuildItem, BuildRecorder, ItemAnswer, ItemError, RecordedBuild
 from ledger.service.head import HeadSnapshot
 from ledger.service.ledger import ConsentLedger, cli_actor
 from ledger.service.reads import LogSnapshot
@@ -22,6 +23,8 @@ from ledger.service.writer import IdempotencyKey
 __all__ = [
     "NOT_CACHED",
     "SCOPES",
+    "BuildItem",
+    "BuildRecorder",
     "CheckBatch",
     "CheckItem",
     "CheckRequest",
@@ -30,7 +33,10 @@ __all__ = [
     "EligibilityAnswer",
     "HeadSnapshot",
     "IdempotencyKey",
+    "ItemAnswer",
+    "ItemError",
     "LogSnapshot",
+    "RecordedBuild",
     "SubjectView",
     "cli_actor",
 ]

@@ -180,6 +180,7 @@ class Checker:
         as_of: int | None = None,
         at: str | None = None,
         at_least_as_fresh: int | None = None,
+        with_subjects: bool = False,
     ) -> CheckBatch:
         """Evaluate many checks at one tree size and time with a fixed number of queries.
 
@@ -187,6 +188,8 @@ class Checker:
         tuples. A bad item gets its own InvalidInput in `results`; it never fails
         the batch. `at_least_as_fresh` (a write's token) waits briefly for a
         lagging replica to reach that tree size, then gives up with NotFresh.
+        `with_subjects`: the batch also carries each registered subject's reference
+        and decisions (what a dataset build records).
         """
         moment = _now() if at is None else normalize_timestamp(at, field="at")
         # A replica behind a write's token waits briefly to catch up. An `as_of`
@@ -206,7 +209,8 @@ class Checker:
             default_purpose = DEFAULT_PURPOSE if purpose is None else purpose
             parsed = _parse_checks(requests, context.policy, default_purpose)
             subject_ids = {item[0] for item in parsed if not isinstance(item, InvalidInput)}
-            states, decisions = self.subject_states(session, subject_ids, checked_at, size)
+            refs: dict[str, str] | None = {} if with_subjects else None
+            states, decisions = self.subject_states(session, subject_ids, checked_at, size, refs)
         self._saw_tree_size(size)
         results = BatchEvaluator(context.policy, moment).evaluate_all(parsed, states, decisions)
         return CheckBatch(
@@ -215,18 +219,26 @@ class Checker:
             policy_version=context.policy_version,
             checkpoint=context.checkpoint,
             results=results,
+            refs=refs,
+            decisions=decisions if with_subjects else None,
         )
 
     def subject_states(
-        self, session: Session, subject_ids: Iterable[str], as_of: int, tree_size: int
+        self,
+        session: Session,
+        subject_ids: Iterable[str],
+        as_of: int,
+        tree_size: int,
+        refs: dict[str, str] | None = None,
     ) -> tuple[dict[str, SubjectState], dict[str, list[Decision]]]:
         """Subject states and decisions as of a tree size: from the cache, else grouped queries.
 
         `tree_size` is the session's snapshot size, which the caller has already read.
-        Ids that are neither registered nor erased are left out.
+        Ids that are neither registered nor erased are left out. `refs`, if given,
+        receives the subject references of the registered ids.
         """
         ids = list(subject_ids)
-        states, decisions = self.subjects.lookup(session, ids, as_of, tree_size)
+        states, decisions = self.subjects.lookup(session, ids, as_of, tree_size, refs)
         unmapped = [subject_id for subject_id in ids if subject_id not in states]
         if unmapped:
             secret = self._erasure_secret()

@@ -20,6 +20,7 @@ from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy
 from ledger.service.checker import Checker
 from ledger.service.clients import ApiClients, Client
+from ledger.service.datasets import DatasetService
 from ledger.service.head import HeadSnapshot, HeadTracker
 from ledger.service.keys import SigningKey
 from ledger.service.policies import PolicyCache
@@ -65,6 +66,7 @@ class ConsentLedger:
         self._reads = ReadModel(self._engine, self._signer.erasure_secret, policies, self._checker)
         self._writer = Writer(self._engine, self._signer, self._head, policies, self._reads)
         self._clients = ApiClients(self._engine)
+        self._datasets = DatasetService(self._engine, self._writer, self._checker, self._reads)
         # The hot paths are the parts' own bound methods, not delegating methods:
         # no extra frame per check or per request. Their docs are the parts'.
         self.check = self._checker.check
@@ -74,6 +76,16 @@ class ConsentLedger:
         self.cached_client = self._clients.cached
         # One signature for the import's many options: the writer's.
         self.import_file = self._writer.import_file
+        # Dataset builds and purge obligations (SPEC §7): `DatasetService`'s.
+        self.dataset_recorder = self._datasets.recorder
+        self.purge_records = self._datasets.purge
+        self.retire_build = self._datasets.retire
+        self.sweep_obligations = self._datasets.sweep
+        self.dataset_builds = self._datasets.builds
+        self.dataset_build = self._datasets.build
+        self.member_proof = self._datasets.member_proof
+        self.obligations = self._datasets.obligations
+        self.subject_datasets = self._datasets.subject_datasets
 
     @property
     def engine(self) -> Engine:

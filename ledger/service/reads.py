@@ -345,6 +345,8 @@ class ReadModel:
         self._erasure_secret = erasure_secret
         self._policies = policies
         self._checker = checker
+        # For the parts that must tell an erased id from one never seen.
+        self.erasure_secret = erasure_secret
 
     @contextmanager
     def snapshot(self) -> Iterator[LogSnapshot]:

@@ -104,11 +104,17 @@ class SubjectCache:
         return len(self._by_id)
 
     def lookup(
-        self, session: Session, subject_ids: Iterable[str], as_of: int, tree_size: int
+        self,
+        session: Session,
+        subject_ids: Iterable[str],
+        as_of: int,
+        tree_size: int,
+        refs: dict[str, str] | None = None,
     ) -> tuple[dict[str, SubjectState], dict[str, list[Decision]]]:
         """States and decisions of the registered ids among `subject_ids`, as of `as_of`.
 
-        `session` is a snapshot at `tree_size` (≥ `as_of`).
+        `session` is a snapshot at `tree_size` (≥ `as_of`). `refs`, if given, receives
+        each such id's subject reference (a dataset build records members by ref).
         """
         with self._lock:
             if self._size < tree_size:
@@ -130,6 +136,8 @@ class SubjectCache:
             if state is not None:
                 states[subject_id] = state
                 decisions[subject_id] = subject.decisions_at(as_of)
+                if refs is not None:
+                    refs[subject_id] = subject.ref
         return states, decisions
 
     def _remember(self, loaded: dict[str, _Subject]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ledger.consent.eligibility import Eligibility
+from ledger.consent.eligibility import Decision, Eligibility
 from ledger.errors import InvalidInput
 
 
@@ -57,6 +57,9 @@ class CheckBatch:
     policy_version: int
     checkpoint: str
     results: list[Eligibility | InvalidInput]
+    # With `check_many(with_subjects=True)`: registered subjects' refs and decisions.
+    refs: dict[str, str] | None = None
+    decisions: dict[str, list[Decision]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

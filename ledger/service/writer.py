@@ -28,6 +28,7 @@ from ledger.consent.subjects import (
     validate_jurisdiction,
     validate_subject_id,
 )
+from ledger.datasets import obligations
 from ledger.errors import Conflict, InvalidInput
 from ledger.importing import (
     DEFAULT_BATCH,
@@ -131,6 +132,11 @@ class Writer:
 
     # --- the write path ------------------------------------------------------------------
 
+    def write(self, actor: str, build: Callable[[LogWriter, Session], None]) -> SealedAppend | None:
+        """Run `build` in a write transaction (shared with concurrent writers) and seal
+        it; None if it appended nothing. For writes other parts of the service make."""
+        return self._write(actor, build)
+
     def _write(
         self,
         actor: str,
@@ -157,6 +163,7 @@ class Writer:
                 return None
             projector = Projector(lambda ref: latest_subject_row(session, ref))
             sealed = writer.seal([signer, *extra_signers], projector.project)
+            obligations.catch_up(session, writer.time)
         self._head.saw_tree_size(sealed.tree_size)
         return sealed
 
@@ -185,6 +192,8 @@ class Writer:
             if not writer.pending:
                 return
             sealed = writer.seal([signer])
+            # What the group's entries mean for dataset members, in the same transaction.
+            obligations.catch_up(session, writer.time)
         for request in group:
             if request.error is None and request.last > request.first:
                 request.result = SealedAppend(

@@ -153,3 +153,119 @@ class IdempotencyRecord(SQLModel, table=True):
     count: int = Field(sa_column=Column(BigInteger, nullable=False))
     tree_size: int = Field(sa_column=Column(BigInteger, nullable=False))
     created: str = Field(sa_column=Column(String(32), nullable=False))
+
+
+# --- dataset builds and purge obligations (SPEC §7) --------------------------------------
+# `dataset_builds` and `dataset_removals` are projections of the dataset entries. The
+# rest is outside the log: the members (record ids are the platform's, never logged),
+# their leaf hashes (kept for good, so `members_root` stays recomputable), the
+# obligations and what keeps them current (`dataset_state`, `dataset_wakeups`).
+
+
+class DatasetBuild(SQLModel, table=True):
+    __tablename__ = "dataset_builds"
+    __table_args__ = (Index("ux_dataset_builds_name", "dataset", "version", unique=True),)
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    dataset: str = Field(sa_column=Column(String(128), nullable=False))
+    version: str = Field(sa_column=Column(String(128), nullable=False))
+    purpose: str = Field(sa_column=Column(String(128), nullable=False))
+    checked_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    at: str = Field(sa_column=Column(String(32), nullable=False))
+    policy_version: int = Field(sa_column=Column(BigInteger, nullable=False))
+    records: int = Field(sa_column=Column(BigInteger, nullable=False))
+    members_root: str = Field(sa_column=Column(String(64), nullable=False))
+    time: str = Field(sa_column=Column(String(32), nullable=False))
+
+
+class DatasetRemoval(SQLModel, table=True):
+    """A `dataset.purged` or `dataset.retired` entry."""
+
+    __tablename__ = "dataset_removals"
+    __table_args__ = (Index("ix_dataset_removals_name", "dataset", "version"),)
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))  # purged | retired
+    dataset: str = Field(sa_column=Column(String(128), nullable=False))
+    version: str = Field(sa_column=Column(String(128), nullable=False))
+    records: int | None = Field(default=None, sa_column=Column(BigInteger))
+    fulfils: int | None = Field(default=None, sa_column=Column(BigInteger))
+    purged_root: str | None = Field(default=None, sa_column=Column(String(64)))
+    time: str = Field(sa_column=Column(String(32), nullable=False))
+
+
+class DatasetMember(SQLModel, table=True):
+    """A record of a build until it is purged (then the row goes; its leaf hash stays)."""
+
+    __tablename__ = "dataset_members"
+    # A write finds the members of the subjects it touches by ref.
+    __table_args__ = (Index("ix_dataset_members_ref", "ref"),)
+
+    build: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    record_id: str = Field(sa_column=Column(String(256), primary_key=True))
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ref: str = Field(sa_column=Column(String(64), nullable=False))
+    category: str = Field(sa_column=Column(String(512), nullable=False))
+    # The member's open obligation, if it has one.
+    obligation: int | None = Field(default=None, sa_column=Column(BigInteger))
+
+
+class DatasetLeaves(SQLModel, table=True):
+    """256 members' leaf hashes, packed in position order, and the root over them."""
+
+    __tablename__ = "dataset_leaves"
+
+    build: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    chunk: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hashes: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class DatasetObligation(SQLModel, table=True):
+    __tablename__ = "dataset_obligations"
+    __table_args__ = (
+        Index("ix_dataset_obligations_build_status", "build", "status", "id"),
+        Index("ix_dataset_obligations_build_position", "build", "position"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    build: int = Field(sa_column=Column(BigInteger, nullable=False))
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Deleted when an erased subject's record is purged.
+    record_id: str | None = Field(default=None, sa_column=Column(String(256)))
+    reason: str = Field(sa_column=Column(String(32), nullable=False))
+    cause: int | None = Field(default=None, sa_column=Column(BigInteger))
+    cause_time: str = Field(sa_column=Column(String(32), nullable=False))
+    due: str = Field(sa_column=Column(String(32), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    # The purge or retirement that fulfilled it (cancelled: eligible again, no entry).
+    closed_seq: int | None = Field(default=None, sa_column=Column(BigInteger))
+    closed_time: str | None = Field(default=None, sa_column=Column(String(32)))
+
+
+class DatasetWakeup(SQLModel, table=True):
+    """An instant at which a member's subject's answers change by themselves (a
+    decision taking effect or expiring): the sweep looks at the subject again then."""
+
+    __tablename__ = "dataset_wakeups"
+    __table_args__ = (Index("ix_dataset_wakeups_at", "at"),)
+
+    ref: str = Field(sa_column=Column(String(64), primary_key=True))
+    at: str = Field(sa_column=Column(String(32), primary_key=True))
+
+
+class DatasetState(SQLModel, table=True):
+    """How far the obligations are maintained: every entry below `through_seq`, every
+    instant up to `swept_until`, and the re-evaluation a policy publication needs."""
+
+    __tablename__ = "dataset_state"
+
+    id: int = Field(default=1, primary_key=True)
+    through_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    swept_until: str = Field(sa_column=Column(String(32), nullable=False))
+    live_builds: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # A policy published since: members at or after (job_build, job_record) still
+    # to be looked at again.
+    policy_job: int | None = Field(default=None, sa_column=Column(BigInteger))
+    job_build: int | None = Field(default=None, sa_column=Column(BigInteger))
+    job_record: str | None = Field(default=None, sa_column=Column(String(256)))

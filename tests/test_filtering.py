@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ledger.consent.decisions import DecisionRequest
-from ledger.datasets import filter_dataset
+from ledger.filtering import filter_dataset
 from ledger.errors import InvalidInput
 from ledger.service import ConsentLedger
 
