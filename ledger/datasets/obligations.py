@@ -67,7 +67,7 @@ class _Member:
     obligation: int | None
 
 
-def catch_up(session: Session, now: str, *, budget: int = INLINE_POLICY_BUDGET) -> bool:
+def catch_up(session: Session, now: str, *, budget: int | None = None) -> bool:
     """Bring the obligations up to the session's log and `now` (see `Maintenance`).
 
     Costs one primary-key read while no build is live: every write calls it."""
@@ -93,12 +93,15 @@ class Maintenance:
 
     # --- what the log and the clock brought ------------------------------------------------
 
-    def catch_up(self, *, budget: int = INLINE_POLICY_BUDGET) -> bool:
+    def catch_up(self, *, budget: int | None = None) -> bool:
         """Look again at every member something changed for since the last catch-up.
 
         True when the obligations are exact at (tree size, now); False while a policy's
-        re-evaluation has members left (more than `budget` were to be looked at).
+        re-evaluation has members left (more than `budget`, by default
+        `INLINE_POLICY_BUDGET`, were to be looked at).
         """
+        if budget is None:
+            budget = INLINE_POLICY_BUDGET
         state = self.state
         if state.live_builds == 0:
             return True
@@ -125,7 +128,8 @@ class Maintenance:
     def _touched_since(self, start: int) -> Iterator[str]:
         """Refs with members among the subjects of entries in [start, size)."""
         found = self.session.execute(
-            select(col(LogEntryRow.subject)).distinct()
+            select(col(LogEntryRow.subject))
+            .distinct()
             .join(DatasetMember, col(DatasetMember.ref) == col(LogEntryRow.subject))
             .where(col(LogEntryRow.seq) >= start, col(LogEntryRow.seq) < self.size)
         )
@@ -383,7 +387,8 @@ def register_build(
         state.swept_until = max(state.swept_until, now)
     state.live_builds += 1
     touched = session.execute(
-        select(col(LogEntryRow.subject)).distinct()
+        select(col(LogEntryRow.subject))
+        .distinct()
         .join(DatasetMember, col(DatasetMember.ref) == col(LogEntryRow.subject))
         .where(
             col(DatasetMember.build) == build,
