@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from sqlmodel import col
 
 from ledger.consent import entries
 from ledger.consent.datasets import (
+    MAX_RECORD_ID,
     STATUSES,
     joined_categories,
     leaf_category,
@@ -69,8 +70,7 @@ MAX_PAGE = 10_000
 LISTING_BUDGET = obligations.INLINE_POLICY_BUDGET
 
 
-@dataclass(frozen=True, slots=True)
-class BuildItem:
+class BuildItem(NamedTuple):
     """One record offered to a build, as the caller sent it (validated by the recorder)."""
 
     line: int
@@ -80,8 +80,9 @@ class BuildItem:
     purpose: object = None
 
 
-@dataclass(frozen=True, slots=True)
-class ItemAnswer:
+class ItemAnswer(NamedTuple):
+    """A checked item's answer. A named tuple: a build answers millions of them."""
+
     line: int
     record_id: str
     eligible: bool
@@ -98,8 +99,7 @@ class ItemAnswer:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ItemError:
+class ItemError(NamedTuple):
     line: int
     error: InvalidInput
 
@@ -152,7 +152,7 @@ class RecordedBuild:
 
 
 class _Spool:
-    """The items a build checked, in a temporary SQLite file: sorted by record id at the
+    """A build's eligible items, in a temporary SQLite file: sorted by record id at the
     end (SQLite's BINARY collation on UTF-8 text is byte order) and checked for repeats."""
 
     def __init__(self) -> None:
@@ -163,11 +163,12 @@ class _Spool:
         self._db.execute("PRAGMA journal_mode = OFF")
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute(
-            "CREATE TABLE items (record_id TEXT NOT NULL, ref TEXT, category TEXT, line INTEGER)"
+            "CREATE TABLE items (record_id TEXT NOT NULL, ref TEXT NOT NULL, "
+            "category TEXT NOT NULL, line INTEGER NOT NULL)"
         )
         self._db.execute("BEGIN")
 
-    def add(self, rows: list[tuple[str, str | None, str | None, int]]) -> None:
+    def add(self, rows: list[tuple[str, str, str, int]]) -> None:
         self._db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", rows)
 
     def repeated(self) -> list[str]:
@@ -182,10 +183,8 @@ class _Spool:
         ]
 
     def members(self) -> Iterator[tuple[str, str, str]]:
-        """The eligible items, in record-id byte order."""
-        yield from self._db.execute(
-            "SELECT record_id, ref, category FROM items WHERE ref IS NOT NULL ORDER BY record_id"
-        )
+        """The items, in record-id byte order."""
+        yield from self._db.execute("SELECT record_id, ref, category FROM items ORDER BY record_id")
 
     def close(self) -> None:
         self._db.close()
@@ -231,6 +230,7 @@ class BuildRecorder:
         # Instants after the build's `at` at which a member's subject's answers change
         # by themselves: obligations must be looked at then (or now, if passed).
         self._instants: set[tuple[str, str]] = set()
+        self._scanned: set[str] = set()
 
     def __enter__(self) -> BuildRecorder:
         return self
@@ -243,70 +243,99 @@ class BuildRecorder:
 
     def check(self, items: Sequence[BuildItem]) -> list[ItemAnswer | ItemError]:
         """Answer items (in order) and spool them; the build's tree size and time."""
-        summary = self.summary
-        prepared: list[tuple[BuildItem, str, list[str]] | ItemError] = []
+        # A build checks millions of items: the common item (one category, a plain
+        # record id) takes the short path, every other one `_parse`.
+        summary, purpose = self.summary, self.purpose
+        prepared: list[tuple[BuildItem, str, str | list[str]] | ItemError] = []
         requests: list[tuple[object, str, str]] = []
+        add, ask = prepared.append, requests.append
         for item in items:
-            parsed = self._parse(item)
-            prepared.append(parsed)
+            record_id, category = item.record_id, item.category
+            if (
+                type(record_id) is str
+                and 0 < len(record_id) <= MAX_RECORD_ID
+                and type(category) is str
+                and "|" not in category
+                and (item.purpose is None or item.purpose == purpose)
+            ):
+                add((item, record_id, category))
+                ask((item.subject_id, category, purpose))
+                continue
+            parsed: tuple[BuildItem, str, str | list[str]] | ItemError = self._parse(item)
+            add(parsed)
             if not isinstance(parsed, ItemError):
-                requests.extend((item.subject_id, c, self.purpose) for c in parsed[2])
+                for name in parsed[2]:
+                    ask((item.subject_id, name, purpose))
         batch = self._service.checker.check_many(
-            requests,
-            purpose=self.purpose,
-            as_of=summary.checked_at,
-            at=summary.at,
-            with_subjects=True,
+            requests, purpose=purpose, as_of=summary.checked_at, at=summary.at, with_subjects=True
         )
         results = iter(batch.results)
         answers: list[ItemAnswer | ItemError] = []
-        rows: list[tuple[str, str | None, str | None, int]] = []
+        rows: list[tuple[str, str, str, int]] = []
+        answer, spool = answers.append, rows.append
+        dropped = summary.dropped
+        refs = batch.refs
+        assert refs is not None
         for parsed in prepared:
-            summary.lines += 1
             if isinstance(parsed, ItemError):
                 summary.errors += 1
-                answers.append(parsed)
+                answer(parsed)
                 continue
             item, record_id, categories = parsed
-            decisive: Eligibility | InvalidInput | None = None
-            for _ in categories:
-                result = next(results)
-                if decisive is None or (
-                    not isinstance(decisive, InvalidInput)
-                    and decisive.eligible
-                    and (isinstance(result, InvalidInput) or not result.eligible)
-                ):
-                    decisive = result
-            assert decisive is not None
+            decisive: Eligibility | InvalidInput
+            if isinstance(categories, str):
+                decisive = next(results)
+                stored_categories = categories
+            else:
+                decisive = self._decisive(results, len(categories))
+                stored_categories = joined_categories(categories)
             if isinstance(decisive, InvalidInput):
                 summary.errors += 1
-                answers.append(ItemError(item.line, decisive))
+                answer(ItemError(item.line, decisive))
                 continue
-            answers.append(
-                ItemAnswer(
-                    item.line, record_id, decisive.eligible, decisive.reason, decisive.decided_by
-                )
-            )
-            if decisive.eligible:
-                ref = self._ref(batch, item.subject_id)
-                rows.append((record_id, ref, joined_categories(categories), item.line))
+            eligible, reason, decided_by = decisive
+            answer(ItemAnswer(item.line, record_id, eligible, reason, decided_by))
+            if eligible:
+                subject = str(item.subject_id)
+                ref = refs[subject]
+                if ref not in self._scanned:
+                    self._scan(batch, subject, ref)
+                spool((record_id, ref, stored_categories, item.line))
                 summary.records += 1
             else:
-                rows.append((record_id, None, None, item.line))
-                summary.dropped[decisive.reason] += 1
+                dropped[reason] += 1
+        summary.lines += len(prepared)
         self._spool.add(rows)
         return answers
 
-    def _ref(self, batch: CheckBatch, subject_id: object) -> str:
-        assert batch.refs is not None
+    @staticmethod
+    def _decisive(
+        results: Iterator[Eligibility | InvalidInput], count: int
+    ) -> Eligibility | InvalidInput:
+        """Of one record's answers (one per category): the first error, else the first not
+        eligible, else the first."""
+        decisive: Eligibility | InvalidInput | None = None
+        for _ in range(count):
+            result = next(results)
+            if decisive is None or (
+                not isinstance(decisive, InvalidInput)
+                and decisive.eligible
+                and (isinstance(result, InvalidInput) or not result.eligible)
+            ):
+                decisive = result
+        assert decisive is not None
+        return decisive
+
+    def _scan(self, batch: CheckBatch, subject_id: str, ref: str) -> None:
+        """Note the instants after the build's `at` at which this member's subject's
+        answers change by themselves (once per subject and build)."""
+        self._scanned.add(ref)
         assert batch.decisions is not None
-        subject = str(subject_id)
-        ref = batch.refs[subject]
-        for decision in batch.decisions.get(subject, ()):
+        at = self.summary.at
+        for decision in batch.decisions.get(subject_id, ()):
             for instant in (decision.effective, decision.expires):
-                if instant is not None and instant > self.summary.at:
+                if instant is not None and instant > at:
                     self._instants.add((ref, instant))
-        return ref
 
     def _parse(self, item: BuildItem) -> tuple[BuildItem, str, list[str]] | ItemError:
         if item.record_id is None:
