@@ -1367,6 +1367,7 @@ def test_policy_show(vkey: str) -> None:
         "prohibited",
         "special",
         "minors_eligible",
+        "purge_within",
         "defaults",
     }
     assert document["version"] == 1
