@@ -278,7 +278,10 @@ def test_a_withdrawal_between_the_check_and_the_recording_is_not_lost(
     assert found["a"]["cause"] == seq
 
 
-def test_an_import_opens_obligations_like_the_api(ledger: ConsentLedger, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipeline", [False, True], ids=["in-process", "writer-process"])
+def test_an_import_opens_obligations_like_the_api(
+    ledger: ConsentLedger, tmp_path: Path, pipeline: bool
+) -> None:
     _register(ledger, "u", "v")
     _build(ledger, "posts", [("a", "u", "profile"), ("b", "v", "profile")])
     path = tmp_path / "decisions.csv"
@@ -286,7 +289,7 @@ def test_an_import_opens_obligations_like_the_api(ledger: ConsentLedger, tmp_pat
         writer = csv.writer(handle)
         writer.writerow(["subject_id", "category", "decision"])
         writer.writerow(["v", "profile", "denied"])
-    ledger.import_file(path, actor=ACTOR, pipeline=False)
+    ledger.import_file(path, actor=ACTOR, pipeline=pipeline)
     found = _open(ledger, "posts")
     assert set(found) == {"b"}
     assert found["b"]["reason"] == "refused"
