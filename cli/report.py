@@ -41,13 +41,24 @@ OutOption = Annotated[
 ]
 
 
-def _emit(ledger: ConsentLedger, document: dict[str, Any], fmt: Format, out: Path | None) -> None:
+class CsvRows(StrEnum):
+    entries = "entries"
+    datasets = "datasets"
+
+
+def _emit(
+    ledger: ConsentLedger,
+    document: dict[str, Any],
+    fmt: Format,
+    out: Path | None,
+    rows: CsvRows = CsvRows.entries,
+) -> None:
     if fmt is Format.json:
         data = dumps_document(document)
     elif fmt is Format.html:
         data = render_html(document, ledger.signing_key()).encode("utf-8")
     else:
-        data = render_csv(document).encode("utf-8")
+        data = render_csv(document, rows=rows.value).encode("utf-8")
     if out is None:
         sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
         sys.stdout.buffer.flush()
@@ -99,16 +110,24 @@ def period(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip the full verify of the ledger.")
     ] = False,
+    rows: Annotated[
+        CsvRows,
+        typer.Option(
+            "--rows",
+            help="With --format csv: one row per entry (entries) or per dataset (datasets).",
+        ),
+    ] = CsvRows.entries,
 ) -> None:
     """Every change recorded in a window, with counts by category, purpose, decision,
     regime and method, withdrawal and refusal rates over time, the policy versions in
-    force, the checkpoints with a consistency proof, and the result of a full verify.
+    force, dataset builds and purge obligations, the checkpoints with a consistency
+    proof, and the result of a full verify.
 
     Example: consent-ledger report period --from 2026-01-01 --to 2026-07-01 --format html -o h1.html
     """
     with open_ledger() as ledger:
         document, _ = period_report(ledger, start=start, end=end, run_verify=not no_verify)
-        _emit(ledger, document, fmt, out)
+        _emit(ledger, document, fmt, out, rows)
 
 
 @guarded

@@ -153,3 +153,68 @@ def eligibility_share(eligibility: Mapping[str, Any]) -> str | None:
     axes.spines[:].set_visible(False)
     figure.colorbar(image, ax=axes, fraction=0.04, format=lambda x, _: f"{x:.0%}")
     return _svg(figure)
+
+
+OBLIGATION_BARS = (
+    ("opened", "opened", PALETTE[0]),
+    ("fulfilled", "fulfilled", DECISION_COLOURS["granted"]),
+    ("open_at_end", "open at the end", PALETTE[1]),
+    ("overdue_at_end", "overdue at the end", DECISION_COLOURS["denied"]),
+)
+DURATION_BARS = (("median", PALETTE[4]), ("p95", PALETTE[0]), ("max", PALETTE[7]))
+DAY = 86_400
+
+
+def dataset_obligations(by_dataset: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Two panels, one group of bars per dataset: purge obligations (opened, fulfilled,
+    open and overdue at the end), and the time from cause to purge (median, p95, max) in
+    days."""
+    from matplotlib.ticker import MaxNLocator
+
+    names = sorted(by_dataset)
+    if not names:
+        return None
+    figure = _new_figure((9.6, 1.4 + 0.6 * len(names)))
+    counts, durations = figure.subplots(1, 2, sharey=True)
+    obligations = [
+        (label, colour, [float(by_dataset[name]["obligations"][key]) for name in names])
+        for key, label, colour in OBLIGATION_BARS
+    ]
+    times = [
+        (
+            key,
+            colour,
+            [(by_dataset[name]["cause_to_purge_seconds"][key] or 0) / DAY for name in names],
+        )
+        for key, colour in DURATION_BARS
+    ]
+    _grouped_bars(counts, obligations, len(names))
+    _grouped_bars(durations, times, len(names))
+    for row, name in enumerate(names):
+        if not by_dataset[name]["cause_to_purge_seconds"]["count"]:
+            durations.text(0, row, "  nothing purged", va="center", fontsize=7, color="#5b6470")
+    counts.set_yticks(range(len(names)), names)
+    counts.invert_yaxis()
+    counts.xaxis.set_major_locator(MaxNLocator(integer=True))
+    counts.set_xlabel("obligations")
+    counts.set_title("Purge obligations, by dataset")
+    durations.set_xlabel("days from cause to purge")
+    durations.set_title("Time from cause to purge")
+    return _svg(figure)
+
+
+def _grouped_bars(axes: Any, bars: Sequence[tuple[str, str, list[float]]], groups: int) -> None:
+    """Horizontal bars, one group per row: (label, colour, one value per row) each."""
+    height = 0.8 / len(bars)
+    for index, (label, colour, values) in enumerate(bars):
+        offsets = [row - 0.4 + height * (index + 0.5) for row in range(groups)]
+        axes.barh(offsets, values, height=height, label=label, color=colour)
+    axes.grid(axis="x", alpha=0.3)
+    # Below the panel, so that no legend hides a bar.
+    axes.legend(
+        fontsize=7,
+        frameon=False,
+        ncols=len(bars),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.35 if groups < 3 else -0.2),
+    )

@@ -20,9 +20,10 @@ from ledger.consent.eligibility import (
     eligibility_matrix,
     evaluate_eligibility,
 )
-from ledger.consent.entries import EntryKind
+from ledger.consent.entries import DATASET_KINDS, SUBJECT_KINDS, EntryKind
 from ledger.consent.policy import WILDCARD, Policy, ancestors
-from ledger.timestamps import format_timestamp
+from ledger.errors import InvalidInput, VerificationError
+from ledger.timestamps import format_timestamp, parse_timestamp
 
 DECISION_KINDS = ("granted", "denied", "withdrawn")
 
@@ -261,6 +262,7 @@ class PeriodFigures:
         self._current: tuple[int, Policy] | None = None
         self._next_policy = 0
         self._regimes: dict[str | None, str] = {}
+        self.datasets = DatasetEntries()
 
     def _policy(self, seq: int) -> tuple[int, Policy] | None:
         published = self.policies.published
@@ -337,6 +339,8 @@ class PeriodFigures:
             self.policies.add(seq, data)
             self._policy(seq + 1)
             self.published.append({"version": data["version"], "seq": seq, "time": time})
+        elif kind in DATASET_KINDS:
+            self.datasets.feed(seq, kind, time, data)
 
     def counts(self) -> dict[str, Any]:
         by_decision: Counter[str] = Counter()
@@ -526,3 +530,341 @@ def timeline(points: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
         "withdrawal_rate": [rate(decisions["withdrawn"][i], totals[i]) for i in range(len(keys))],
         "refusal_rate": [rate(decisions["denied"][i], totals[i]) for i in range(len(keys))],
     }
+
+
+# --- datasets and purge obligations (SPEC §7) -------------------------------------------
+#
+# What a period report can prove about datasets, and what it can only state:
+#
+# - recomputed from the window's entries: builds recorded (and their records), purges
+#   (records purged, obligations they fulfil by their own `fulfils`, voluntary removals),
+#   retirements;
+# - recomputed from the `fulfilments` the report lists, each checked against the entry
+#   that closed it (a purge or retirement of the window, whose time is the fulfilment's):
+#   obligations fulfilled, and the time from cause to purge (median, p95, max). The
+#   obligations a purge closed must add up to its `fulfils`;
+# - attested by the ledger's signature only: obligations opened, cancelled, open and
+#   overdue at the end, and how many obligations a retirement closed. They rest on the
+#   obligations table: members live outside the log, so the entries cannot show them.
+
+# An obligation can be caused by an entry about a subject or by a policy publication.
+CAUSE_KINDS = SUBJECT_KINDS | {EntryKind.POLICY_PUBLISHED.value}
+CLOSING_KINDS = frozenset({EntryKind.DATASET_PURGED.value, EntryKind.DATASET_RETIRED.value})
+SECOND = timedelta(seconds=1)
+
+
+@dataclass
+class DatasetActivity:
+    """What the window's `dataset.*` entries say about one dataset."""
+
+    versions_recorded: list[str] = field(default_factory=list)
+    records_recorded: int = 0
+    purges: int = 0
+    records_purged: int = 0
+    fulfils: int = 0
+    versions_retired: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recorded": {
+                "builds": len(self.versions_recorded),
+                "records": self.records_recorded,
+                "versions": list(self.versions_recorded),
+            },
+            "purged": {
+                "entries": self.purges,
+                "records": self.records_purged,
+                "fulfils": self.fulfils,
+                "voluntary": self.records_purged - self.fulfils,
+            },
+            "retired": {
+                "builds": len(self.versions_retired),
+                "versions": list(self.versions_retired),
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """A `dataset.purged` or `dataset.retired` entry of the window: it fulfils obligations."""
+
+    seq: int
+    kind: str
+    dataset: str
+    version: str
+    time: str
+    fulfils: int | None  # a purge counts what it fulfilled; a retirement does not
+
+
+class DatasetEntries:
+    """The window's dataset entries, fed in seq order by `PeriodFigures.feed`."""
+
+    def __init__(self) -> None:
+        self.activity: dict[str, DatasetActivity] = {}
+        self.closings: dict[int, Closing] = {}
+
+    def feed(self, seq: int, kind: str, time: str, data: Mapping[str, Any]) -> None:
+        dataset = data["dataset"]
+        activity = self.activity.get(dataset)
+        if activity is None:
+            activity = self.activity[dataset] = DatasetActivity()
+        if kind == EntryKind.DATASET_RECORDED:
+            activity.versions_recorded.append(data["version"])
+            activity.records_recorded += data["records"]
+        elif kind == EntryKind.DATASET_PURGED:
+            activity.purges += 1
+            activity.records_purged += data["records"]
+            activity.fulfils += data["fulfils"]
+            self.closings[seq] = Closing(seq, kind, dataset, data["version"], time, data["fulfils"])
+        else:
+            activity.versions_retired.append(data["version"])
+            self.closings[seq] = Closing(seq, kind, dataset, data["version"], time, None)
+
+
+@dataclass(frozen=True, slots=True)
+class ObligationFact:
+    """One obligation as the ledger lists it, with the time its build was recorded."""
+
+    dataset: str
+    version: str
+    build_time: str
+    cause: int | None
+    cause_time: str
+    due: str
+    status: str  # open, fulfilled or cancelled, as the ledger stands now
+    closed_by: int | None
+    closed_time: str | None
+
+    @property
+    def opened(self) -> str:
+        # A build checked at an earlier instant may hold a record that had stopped being
+        # eligible by the time it was recorded: its obligation exists from the recording.
+        return max(self.cause_time, self.build_time)
+
+
+def seconds_between(earlier: str, later: str) -> int:
+    """Whole seconds from one log timestamp to another (rounded down)."""
+    return (parse_timestamp(later) - parse_timestamp(earlier)) // SECOND
+
+
+def nearest_rank(ordered: Sequence[int], percent: int) -> int:
+    """The nearest-rank percentile of sorted values: always one of them, no interpolation."""
+    rank = -(-percent * len(ordered) // 100)  # ceil(percent / 100 × n), in integers
+    return ordered[max(rank, 1) - 1]
+
+
+def duration_summary(durations: Counter[int]) -> dict[str, int | None]:
+    """Count, median, 95th percentile and maximum of durations in seconds (nearest rank)."""
+    ordered = sorted(durations.elements())
+    if not ordered:
+        return {"count": 0, "median": None, "p95": None, "max": None}
+    return {
+        "count": len(ordered),
+        "median": nearest_rank(ordered, 50),
+        "p95": nearest_rank(ordered, 95),
+        "max": ordered[-1],
+    }
+
+
+def fulfilment_key(row: Mapping[str, Any]) -> tuple[int, str, int]:
+    cause = row["cause"]
+    return row["closed_by"], row["cause_time"], -1 if cause is None else cause
+
+
+def fulfilment_figures(
+    fulfilments: Sequence[Mapping[str, Any]], closings: Mapping[int, Closing]
+) -> dict[str, dict[str, Any]]:
+    """Per dataset: obligations fulfilled in the window and the time from cause to purge,
+    from the `fulfilments` rows; each row's dataset and purge time are its closing
+    entry's (`check_fulfilments` has checked that it is one)."""
+    fulfilled: Counter[str] = Counter()
+    durations: dict[str, Counter[int]] = {}
+    for row in fulfilments:
+        closing = closings[row["closed_by"]]
+        fulfilled[closing.dataset] += row["count"]
+        seconds = seconds_between(row["cause_time"], closing.time)
+        durations.setdefault(closing.dataset, Counter())[seconds] += row["count"]
+    return {
+        dataset: {
+            "fulfilled": fulfilled[dataset],
+            "cause_to_purge_seconds": duration_summary(durations[dataset]),
+        }
+        for dataset in sorted(fulfilled)
+    }
+
+
+def check_fulfilments(
+    fulfilments: Any,
+    closings: Mapping[int, Closing],
+    entries: Sequence[Mapping[str, Any]],
+    first: int,
+) -> str | None:
+    """What is wrong with a report's `fulfilments` given its window's entries, or None.
+
+    Every row names an entry of the window that closes obligations (a purge or a
+    retirement), a cause before it and a cause time not after it; a cause inside
+    the window is an entry that can cause one; rows are sorted and distinct; and the
+    obligations closed by each purge add up to the `fulfils` its entry states.
+    """
+    if not isinstance(fulfilments, list):
+        return "report.datasets.fulfilments is not a list"
+    closed: Counter[int] = Counter()
+    previous: tuple[int, str, int] | None = None
+    for position, row in enumerate(fulfilments):
+        where = f"report.datasets.fulfilments[{position}]"
+        if (
+            not isinstance(row, dict)
+            or set(row) != {"closed_by", "cause", "cause_time", "count"}
+            or not _whole(row["closed_by"])
+            or not (row["cause"] is None or _whole(row["cause"]))
+            or not isinstance(row["cause_time"], str)
+            or not _whole(row["count"])
+            or row["count"] < 1
+        ):
+            return f"{where} is not a fulfilment row {{closed_by, cause, cause_time, count}}"
+        closing = closings.get(row["closed_by"])
+        if closing is None:
+            return (
+                f"{where}.closed_by: entry {row['closed_by']} is not a purge or retirement "
+                "in the window"
+            )
+        try:
+            late = seconds_between(row["cause_time"], closing.time) < 0
+        except InvalidInput as exc:
+            return f"{where}.cause_time: {exc}"
+        if late:
+            return f"{where}.cause_time is after the purge that fulfilled it (entry {closing.seq})"
+        cause = row["cause"]
+        if cause is not None:
+            if cause >= closing.seq:
+                return f"{where}.cause: entry {cause} is not before entry {closing.seq}"
+            if cause >= first and entries[cause - first]["kind"] not in CAUSE_KINDS:
+                return (
+                    f"{where}.cause: entry {cause} is a {entries[cause - first]['kind']}, "
+                    "which causes no obligation"
+                )
+        key = fulfilment_key(row)
+        if previous is not None and key <= previous:
+            return f"{where} is out of order or repeated"
+        previous = key
+        closed[closing.seq] += row["count"]
+    for closing in closings.values():
+        if closing.fulfils is not None and closed[closing.seq] != closing.fulfils:
+            return (
+                f"report.datasets.fulfilments list {closed[closing.seq]} obligations fulfilled "
+                f"by the purge in entry {closing.seq}, which says it fulfils {closing.fulfils}"
+            )
+    return None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def datasets_at(window: Mapping[str, Any], generated_at: str) -> str:
+    """The instant the end-of-period obligation states are for: the window's end, or the
+    report's generation if the window ends later (or has no end)."""
+    end = window["to"]
+    return generated_at if end is None else min(end, generated_at)
+
+
+def datasets_section(
+    entries: DatasetEntries,
+    obligations: Iterable[ObligationFact],
+    *,
+    start: str | None,
+    first_seq: int,
+    end_seq: int,
+    at: str,
+) -> dict[str, Any]:
+    """The period report's `datasets` section: per dataset, what its entries say, its
+    obligations (opened, fulfilled and cancelled in the window, open and overdue at `at`)
+    and the time from cause to purge; and the `fulfilments` a verifier recomputes those
+    from. Raises VerificationError if the ledger says a purge or retirement fulfilled an
+    obligation that its entry cannot have (a report must not sign that)."""
+    states: dict[str, Counter[str]] = {}
+    grouped: Counter[tuple[int, int | None, str]] = Counter()
+    for fact in obligations:
+        counts = states.setdefault(fact.dataset, Counter())
+        opened = fact.opened
+        if opened < at and (start is None or opened >= start):
+            counts["opened"] += 1
+        closed_by = fact.closed_by
+        if fact.status == "fulfilled" and closed_by is not None and closed_by < end_seq:
+            # Fulfilled by an entry: the window's entries say whether it was in the window.
+            if closed_by >= first_seq:
+                closing = entries.closings.get(closed_by)
+                if closing is None or (closing.dataset, closing.version) != (
+                    fact.dataset,
+                    fact.version,
+                ):
+                    raise VerificationError(
+                        f"an obligation of {fact.dataset}@{fact.version} is fulfilled by entry "
+                        f"{closed_by}, which is no purge or retirement of that build: run "
+                        "`consent-ledger verify`",
+                        subject="obligations",
+                    )
+                grouped[(closed_by, fact.cause, fact.cause_time)] += 1
+            continue
+        if opened >= at:
+            continue
+        if fact.status == "cancelled" and fact.closed_time is not None and fact.closed_time < at:
+            if start is None or fact.closed_time >= start:
+                counts["cancelled"] += 1
+            continue
+        counts["open_at_end"] += 1
+        if fact.due < at:
+            counts["overdue_at_end"] += 1
+    fulfilments = sorted(
+        (
+            {"closed_by": closed_by, "cause": cause, "cause_time": cause_time, "count": count}
+            for (closed_by, cause, cause_time), count in grouped.items()
+        ),
+        key=fulfilment_key,
+    )
+    recomputed = recomputed_dataset_figures(entries, fulfilments)
+    names = set(recomputed) | {name for name, counts in states.items() if any(counts.values())}
+    by_dataset: dict[str, Any] = {}
+    for name in sorted(names):
+        figures = recomputed.get(name) or quiet_dataset_figures()
+        counts = states.get(name, Counter())
+        by_dataset[name] = {
+            "recorded": figures["recorded"],
+            "purged": figures["purged"],
+            "retired": figures["retired"],
+            "obligations": {
+                "opened": counts["opened"],
+                "fulfilled": figures["fulfilled"],
+                "cancelled": counts["cancelled"],
+                "open_at_end": counts["open_at_end"],
+                "overdue_at_end": counts["overdue_at_end"],
+            },
+            "cause_to_purge_seconds": figures["cause_to_purge_seconds"],
+        }
+    return {"at": at, "by_dataset": by_dataset, "fulfilments": fulfilments}
+
+
+def quiet_dataset_figures() -> dict[str, Any]:
+    """The recomputable figures of a dataset with no entry and no fulfilment in the window."""
+    return {**DatasetActivity().to_json(), **_none_fulfilled()}
+
+
+def _none_fulfilled() -> dict[str, Any]:
+    return {"fulfilled": 0, "cause_to_purge_seconds": duration_summary(Counter())}
+
+
+def recomputed_dataset_figures(
+    entries: DatasetEntries, fulfilments: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per dataset with entries or fulfilments in the window, what a verifier recomputes:
+    `recorded`, `purged`, `retired` from the entries, `fulfilled` and
+    `cause_to_purge_seconds` from the (checked) `fulfilments`."""
+    fulfilled = fulfilment_figures(fulfilments, entries.closings)
+    derived: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(entries.activity) | set(fulfilled)):
+        activity = entries.activity.get(name, DatasetActivity())
+        derived[name] = {
+            **activity.to_json(),
+            **(fulfilled.get(name) or _none_fulfilled()),
+        }
+    return derived

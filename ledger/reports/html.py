@@ -350,6 +350,7 @@ def _period(content: dict[str, Any], checked: ReportVerification) -> tuple[str, 
         + _figure("withdrawal rate", _percent(counts["withdrawal_rate"]))
         + _figure("refusal rate", _percent(counts["refusal_rate"]))
         + _figure("policy changes", str(changes))
+        + _dataset_figures(content.get("datasets"))
         + "</div>"
     )
     verified = content["verify"]
@@ -396,6 +397,7 @@ def _period(content: dict[str, Any], checked: ReportVerification) -> tuple[str, 
         + _table(("method", "decisions"), sorted(counts["by_method"].items()), {1})
         + "</div>"
     )
+    parts.append(_datasets(content.get("datasets")))
     parts.append("<h2>Checkpoints</h2>")
     checkpoints = content["checkpoints"]
     parts.append(
@@ -433,6 +435,104 @@ def _period(content: dict[str, Any], checked: ReportVerification) -> tuple[str, 
     )
     parts.extend(f"<p class='sub'>{escape(line)}</p>" for line in content["limits"])
     return title, "\n".join(parts)
+
+
+# How each dataset figure is known (see `ledger.reports.figures`).
+FROM_ENTRIES = "recomputed from the entries"
+FROM_FULFILMENTS = "recomputed from the fulfilments and the entries that closed them"
+ATTESTED = "attested by the ledger's signature"
+
+
+def _datasets(section: dict[str, Any] | None) -> str:
+    parts = ["<h2>Datasets and purge obligations</h2>"]
+    if section is None:
+        parts.append("<p class='sub'>This report was made before the ledger recorded datasets.</p>")
+        return "\n".join(parts)
+    by_dataset: dict[str, Any] = section["by_dataset"]
+    if not by_dataset:
+        parts.append(
+            "<p>No dataset builds in this period: no build was recorded, purged or retired, "
+            "and no purge obligation was opened, fulfilled or outstanding.</p>"
+        )
+        return "\n".join(parts)
+    parts.append(
+        "<p class='sub'>Builds, purges and retirements are log entries of this period, so "
+        "verify-report recomputes them; so are the obligations fulfilled and the time from "
+        "cause to purge (a retirement purges a whole build), from the fulfilments listed in "
+        "the report, each checked against the purge or retirement that closed it. Which "
+        "records were members, and so the "
+        "obligations opened and those still open or overdue at "
+        f"{escape(section['at'][:19].replace('T', ' '))}, live outside the log: those "
+        "figures are attested by the ledger's signature.</p>"
+    )
+    chart = charts.dataset_obligations(by_dataset)
+    if chart:
+        parts.append(f'<div class="chart">{chart}</div>')
+    for name, figures in by_dataset.items():
+        recorded, purged, retired = figures["recorded"], figures["purged"], figures["retired"]
+        obligations = figures["obligations"]
+        durations = figures["cause_to_purge_seconds"]
+        rows = [
+            ("builds recorded", _with_versions(recorded), FROM_ENTRIES),
+            ("records in them", recorded["records"], FROM_ENTRIES),
+            ("purges", purged["entries"], FROM_ENTRIES),
+            ("records purged", purged["records"], FROM_ENTRIES),
+            ("… fulfilling an obligation", purged["fulfils"], FROM_ENTRIES),
+            ("… removed voluntarily", purged["voluntary"], FROM_ENTRIES),
+            ("builds retired", _with_versions(retired), FROM_ENTRIES),
+            ("obligations opened", obligations["opened"], ATTESTED),
+            ("obligations fulfilled", obligations["fulfilled"], FROM_FULFILMENTS),
+            ("obligations cancelled (eligible again)", obligations["cancelled"], ATTESTED),
+            ("obligations open at the end", obligations["open_at_end"], ATTESTED),
+            ("obligations overdue at the end", obligations["overdue_at_end"], ATTESTED),
+            ("cause to purge: median", _duration(durations["median"]), FROM_FULFILMENTS),
+            ("cause to purge: 95th percentile", _duration(durations["p95"]), FROM_FULFILMENTS),
+            ("cause to purge: longest", _duration(durations["max"]), FROM_FULFILMENTS),
+        ]
+        parts.append(f"<h3>{escape(name)}</h3>")
+        parts.append(_table(("figure", "value", "how it is known"), rows, {1}))
+    return "\n".join(parts)
+
+
+def _dataset_figures(section: dict[str, Any] | None) -> str:
+    """The top figures about datasets, when the period has any."""
+    if not section or not section["by_dataset"]:
+        return ""
+    figures = section["by_dataset"].values()
+    return (
+        _figure("dataset builds", f"{sum(f['recorded']['builds'] for f in figures):,}")
+        + _figure("records purged", f"{sum(f['purged']['records'] for f in figures):,}")
+        + _figure(
+            "obligations overdue at the end",
+            f"{sum(f['obligations']['overdue_at_end'] for f in figures):,}",
+        )
+    )
+
+
+def _with_versions(part: dict[str, Any]) -> str:
+    versions = part["versions"]
+    if not versions:
+        return "0"
+    named = "version" if len(versions) == 1 else "versions"
+    return f"{part['builds']:,} ({named} {', '.join(versions)})"
+
+
+def _duration(seconds: int | None) -> str | None:
+    """`2 d 4 h (187,200 s)`: readable, with the exact figure the report states."""
+    if seconds is None:
+        return None
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        text = f"{days} d {hours} h"
+    elif hours:
+        text = f"{hours} h {minutes} min"
+    elif minutes:
+        text = f"{minutes} min {secs} s"
+    else:
+        return f"{secs} s"
+    return f"{text} ({seconds:,} s)"
 
 
 def _figure(label: str, value: str) -> str:

@@ -19,7 +19,13 @@ Evidence, all checkable offline with the ledger's verifier key:
   checkpoint to it), whose times show the window is complete at both ends;
 - the policy in force when the window opened, proven the same way.
 
-Every count is recomputed from the entries by verify-report. The regime of a
+Every count is recomputed from the entries by verify-report, and so is part of
+the datasets section: builds, purges and retirements from their entries, the
+obligations fulfilled and the time from cause to purge from `fulfilments`, each
+row checked against the purge or retirement that closed it. The obligations
+opened, cancelled, and open or overdue at the end rest on the ledger's
+obligations table (dataset members live outside the log): the report's
+signature attests them (see `ledger.reports.figures`). The regime of a
 decision by a subject registered before the window rests on the jurisdiction
 listed in `prior_jurisdictions` (the ledger's projection at the window's
 start, which the full `verify` checks); the eligibility shares can only be
@@ -41,7 +47,12 @@ import orjson
 from ledger.errors import InvalidInput, LedgerError
 from ledger.gcpause import no_gc
 from ledger.reports.envelope import REPORT_FORMAT, sign_report
-from ledger.reports.figures import PeriodFigures, PolicyTimeline
+from ledger.reports.figures import (
+    ObligationFact,
+    PeriodFigures,
+    PolicyTimeline,
+    datasets_section,
+)
 from ledger.service import ConsentLedger, LogSnapshot
 from ledger.settings import Settings
 from ledger.timestamps import format_timestamp, normalize_timestamp, utc_now
@@ -56,7 +67,17 @@ LIMITS = (
     "covers the rest.",
     "Decisions over time are bucketed by the time each decision took effect; the window "
     "selects decisions by the time the log recorded them.",
+    "Datasets: builds recorded, purges (records, obligations fulfilled, voluntary removals) "
+    "and retirements recompute from the window's entries; obligations fulfilled and the time "
+    "from cause to purge (whole seconds, nearest-rank median and p95, max) recompute from "
+    "`datasets.fulfilments`, each checked against the entry that fulfilled it, and those of "
+    "a purge must add up to its `fulfils`. Obligations opened, cancelled, and open or overdue "
+    "at `datasets.at`, and how many a retirement fulfilled, come from the ledger's "
+    "obligations table (members live outside the log): they are attested by this report's "
+    "signature, not recomputable from it.",
 )
+# Obligations read per call while a report gathers them (the most a listing gives).
+OBLIGATION_PAGE = 10_000
 
 
 def parse_bound(text: str | None, *, field: str) -> str | None:
@@ -120,6 +141,21 @@ def period_report(
         at = now if end is None else min(end, now)
         counts, timeline = figures.counts(), figures.timeline()
         eligibility = figures.eligibility(at, last)
+    try:
+        # Read after the window's entries, so that every fulfilment of the window is seen.
+        datasets = datasets_section(
+            figures.datasets,
+            _obligations(ledger, last),
+            start=start,
+            first_seq=first,
+            end_seq=last,
+            at=at,
+        )
+    except BaseException:
+        if child is not None:
+            child.kill()
+            child.communicate()
+        raise
     verified = _finish_verify(child) if child is not None else None
     content: dict[str, Any] = {
         "format": REPORT_FORMAT,
@@ -143,6 +179,7 @@ def period_report(
             "published": figures.published,
         },
         "eligibility": eligibility,
+        "datasets": datasets,
         "checkpoints": {
             "first": first_note,
             "last": last_note,
@@ -216,6 +253,48 @@ def _finish_verify(child: subprocess.Popen[bytes]) -> dict[str, Any]:
         }
     result: dict[str, Any] = orjson.loads(out)
     return result
+
+
+def _obligations(ledger: ConsentLedger, end_seq: int) -> list[ObligationFact]:
+    """Every obligation of the builds recorded before `end_seq`, as the ledger lists them now.
+
+    Later fulfilments and cancellations are undone by `datasets_section` (by closing seq
+    and time); builds recorded after the window have no part in it. May raise
+    CatchingUp while a policy's re-evaluation is under way: a report does not sign
+    figures it knows to be partial.
+    """
+    builds = {
+        (build["dataset"], build["version"]): build["time"]
+        for build in ledger.dataset_builds()
+        if build["seq"] < end_seq
+    }
+    facts: list[ObligationFact] = []
+    for dataset in sorted({name for name, _ in builds}):
+        after: int | None = None
+        while True:
+            page = ledger.obligations(dataset, after=after, limit=OBLIGATION_PAGE)
+            for item in page["obligations"]:
+                build_time = builds.get((dataset, item["version"]))
+                if build_time is None:
+                    continue
+                facts.append(
+                    ObligationFact(
+                        dataset=dataset,
+                        version=item["version"],
+                        build_time=build_time,
+                        cause=item["cause"],
+                        cause_time=item["cause_time"],
+                        due=item["due"],
+                        # `overdue` is an open obligation's state now, not at the window's end.
+                        status="open" if item["status"] == "overdue" else item["status"],
+                        closed_by=item["closed_by"],
+                        closed_time=item["closed_time"],
+                    )
+                )
+            after = page["next"]
+            if after is None:
+                break
+    return facts
 
 
 def _in_force(policies: PolicyTimeline, first: int) -> dict[str, Any] | None:

@@ -8,6 +8,12 @@
    the Merkle root rebuilt from the window's entries; 4. every figure is
    recomputed from the entries the report carries and must equal what the
    report states. The first failure raises `VerificationError` naming it.
+
+One kind of figure cannot be recomputed: the purge obligations of a period
+report that rest on dataset members, which live outside the log (opened,
+cancelled, open and overdue at the end). Those are checked for consistency
+with the entries where they touch them, and the result says they are attested
+by the ledger's signature (see `ledger.reports.figures`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from ledger.consent.subjects import commitment
 from ledger.errors import InvalidInput, VerificationError
 from ledger.gcpause import no_gc
 from ledger.reports.envelope import LoadedReport, check_rendering, check_signature
-from ledger.reports.figures import PeriodFigures, PolicyTimeline
+from ledger.reports.figures import (
+    PeriodFigures,
+    PolicyTimeline,
+    check_fulfilments,
+    datasets_at,
+    quiet_dataset_figures,
+    recomputed_dataset_figures,
+)
 from ledger.reports.subject import build_subject_content
 from ledger.tlog import merkle
 from ledger.tlog.canonical import canonical_bytes
@@ -382,6 +395,7 @@ def _verify_period(
         "policy changes recompute from the entries"
         + (f" ({len(prior)} regimes rest on prior_jurisdictions)" if prior else "")
     )
+    _verify_datasets(content, entries, figures, result)
     stated = content["eligibility"]
     if first == 0 and stated is not None:
         derived = figures.eligibility(stated["at"], last)
@@ -402,6 +416,82 @@ def _verify_period(
         )
     else:
         result.checks.append(f"the ledger's full verify FAILED at generation: {verified['error']}")
+
+
+def _verify_datasets(
+    content: dict[str, Any],
+    entries: list[dict[str, Any]],
+    figures: PeriodFigures,
+    result: ReportVerification,
+) -> None:
+    """The datasets section: what follows from the entries is recomputed, the rest named as
+    attested (see `ledger.reports.figures`)."""
+    window = content["window"]
+    activity = figures.datasets.activity
+    section = content.get("datasets")
+    if section is None:
+        # A report made before datasets existed: fine, unless its entries record some.
+        if activity:
+            raise VerificationError(
+                f"is missing, but the window holds entries of datasets {', '.join(activity)}",
+                subject="report.datasets",
+            )
+        result.checks.append("no datasets section (the report predates datasets)")
+        return
+    _require_same(
+        section["at"],
+        datasets_at(window, content["generated_at"]),
+        "report.datasets.at",
+        "the window's end, or the report's time if earlier",
+    )
+    # 1. Each fulfilment row names a purge or retirement of the window; a purge's rows add
+    #    up to its `fulfils`.
+    problem = check_fulfilments(
+        section["fulfilments"], figures.datasets.closings, entries, window["first_seq"]
+    )
+    if problem is not None:
+        raise VerificationError(problem, subject="report")
+    # 2. Every figure that follows from the entries and those rows is recomputed.
+    stated: dict[str, Any] = section["by_dataset"]
+    derived = recomputed_dataset_figures(figures.datasets, section["fulfilments"])
+    missing = sorted(derived.keys() - stated.keys())
+    if missing:
+        raise VerificationError(
+            f"does not list dataset {missing[0]!r}, which has entries or fulfilments in the window",
+            subject="report.datasets.by_dataset",
+        )
+    for name in sorted(stated):
+        figures_of = derived.get(name) or quiet_dataset_figures()
+        where = f"report.datasets.by_dataset.{name}"
+        stated_of = stated[name]
+        for key in ("recorded", "purged", "retired"):
+            _require_same(stated_of[key], figures_of[key], f"{where}.{key}", "dataset entries")
+        _require_same(
+            stated_of["obligations"]["fulfilled"],
+            figures_of["fulfilled"],
+            f"{where}.obligations.fulfilled",
+            "fulfilments checked against their purge entries",
+        )
+        _require_same(
+            stated_of["cause_to_purge_seconds"],
+            figures_of["cause_to_purge_seconds"],
+            f"{where}.cause_to_purge_seconds",
+            "fulfilments checked against their purge entries",
+        )
+    if not stated:
+        result.checks.append("datasets: no dataset builds, purges or obligations in the window")
+        return
+    fulfilled = sum(row["count"] for row in section["fulfilments"])
+    result.checks.append(
+        f"datasets ({len(stated)}): builds recorded, purges and retirements recompute from "
+        f"their entries; {fulfilled} obligations fulfilled and the time from cause to purge "
+        "recompute from the fulfilments, each checked against the entry that closed it"
+    )
+    result.checks.append(
+        f"datasets: obligations opened, cancelled, open and overdue at {section['at']} (and "
+        "those a retirement fulfilled) are attested by the ledger's signature, not "
+        "recomputable: dataset members live outside the log"
+    )
 
 
 def _verify_boundary(
