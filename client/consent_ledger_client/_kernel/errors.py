@@ -44,6 +44,11 @@ class NotFresh(LedgerError):
     """This replica has not yet reached the tree size the caller asked for; retry shortly."""
 
 
+class CatchingUp(LedgerError):
+    """Derived state (purge obligations after a policy publication) is still being worked
+    out: answering now would be partial. Retry shortly."""
+
+
 class ReadOnlyDatabase(LedgerError):
     """This server's database refuses writes (a read replica): send writes to the primary."""
 
