@@ -69,9 +69,7 @@ def status_of(exc: LedgerError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
-    if isinstance(
-        exc, NotInitialized | SigningKeyError | NotFresh | ReadOnlyDatabase | CatchingUp
-    ):
+    if isinstance(exc, NotInitialized | SigningKeyError | NotFresh | ReadOnlyDatabase | CatchingUp):
         return 503
     return 500
 

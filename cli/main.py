@@ -23,8 +23,8 @@ from cli.common import (
     styled,
 )
 from cli.importer import import_command
-from ledger.filtering import filter_dataset
 from ledger.errors import InvalidInput
+from ledger.filtering import filter_dataset
 from ledger.service import SCOPES, ConsentLedger, cli_actor
 from ledger.tlog.evidence import EvidenceBundle, verify_bundle
 from ledger.tlog.notes import Checkpoint, Note, VerifierKey

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ledger.consent.decisions import DecisionRequest
-from ledger.filtering import filter_dataset
 from ledger.errors import InvalidInput
+from ledger.filtering import filter_dataset
 from ledger.service import ConsentLedger
 
 ACTOR = "test"
