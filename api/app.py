@@ -5,23 +5,43 @@ Routes are thin: each validates its input and calls one `ConsentLedger` method.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
-from api.routes import eligibility, health, log, policy, reports, subjects, tlog
+from api.routes import datasets, eligibility, health, log, policy, reports, subjects, tlog
+from ledger.errors import LedgerError
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
 
-# The stream endpoint takes unbounded bodies by design (constant memory).
+logger = logging.getLogger("consent_ledger.api")
+
+# The stream endpoints take unbounded bodies by design (constant memory): the
+# eligibility stream, and a dataset build (POST on a version).
 UNLIMITED_PATHS = frozenset({"/v1/eligibility/stream"})
+UNLIMITED_POSTS = re.compile(r"/v1/datasets/[^/]+/versions/[^/]+")
+
+# Seconds between two sweeps of the purge obligations while `serve` runs (SPEC §7.2:
+# decisions that expire or take effect later open and close obligations as time passes).
+SWEEP_SECONDS = 5.0
+
+
+def _unlimited(scope: Scope) -> bool:
+    path: str = scope["path"]
+    if path in UNLIMITED_PATHS:
+        return True
+    return scope["method"] == "POST" and UNLIMITED_POSTS.fullmatch(path) is not None
 
 
 class BodyLimit:
@@ -36,7 +56,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+        if scope["type"] != "http" or _unlimited(scope):
             await self.app(scope, receive, send)
             return
         declared = None
@@ -119,12 +139,53 @@ class Metrics:
             children[1].inc()
 
 
-def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = None) -> FastAPI:
+async def sweep_obligations(ledger: ConsentLedger, every: float) -> None:
+    """Bring the purge obligations up to the clock every `every` seconds, until cancelled.
+
+    Every worker of `serve` runs one, and that is fine: the catch-up is serialised by
+    the write lock and idempotent (a second sweep of the same instant finds nothing left
+    to do). A failure is logged (once, until it changes or sweeps work again) and the next
+    sweep tries again; a read replica's sweeps fail with `ReadOnlyDatabase`, logged once.
+    """
+    failing: str | None = None
+    while True:
+        await anyio.sleep(every)
+        try:
+            # A cancellation (shutdown) waits for the sweep in the thread to return.
+            await run_in_threadpool(ledger.sweep_obligations)
+        except Exception as exc:
+            if str(exc) != failing:
+                # A ledger error (a read-only replica, say) says enough; anything else is
+                # a bug, with its traceback.
+                trace = None if isinstance(exc, LedgerError) else exc
+                logger.error("sweeping purge obligations failed: %s", exc, exc_info=trace)
+            failing = str(exc)
+            continue
+        if failing is not None:
+            logger.info("sweeping purge obligations works again")
+            failing = None
+
+
+def create_app(
+    settings: Settings | None = None,
+    ledger: ConsentLedger | None = None,
+    *,
+    sweep_every: float | None = None,
+) -> FastAPI:
+    """The API over `ledger` (or one opened from `settings`).
+
+    `sweep_every` (seconds) runs the obligation sweeper in the background while the
+    app is up; `serve` asks for it, tests and benchmarks do not.
+    """
     settings = settings or (ledger.settings if ledger else Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        async with anyio.create_task_group() as background:
+            if sweep_every is not None:
+                background.start_soon(sweep_obligations, app.state.ledger, sweep_every)
+            yield
+            background.cancel_scope.cancel()
         if ledger is None:
             app.state.ledger.close()
 
@@ -158,6 +219,7 @@ def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = 
         eligibility.router,
         health.router,
         subjects.router,
+        datasets.router,
         log.router,
         tlog.router,
         policy.router,
@@ -171,4 +233,4 @@ def create_app(settings: Settings | None = None, ledger: ConsentLedger | None = 
 
 def app_from_environment() -> FastAPI:
     """Entry point for uvicorn workers (`api.app:app_from_environment`, factory)."""
-    return create_app(Settings())
+    return create_app(Settings(), sweep_every=SWEEP_SECONDS)

@@ -89,3 +89,120 @@ class EvidenceBundleOut(BaseModel):
 class WriteOut(BaseModel):
     token: int = Field(description="Tree size after the write: pass as at_least_as_fresh")
     receipt: EvidenceBundleOut | None
+
+
+# --- datasets (SPEC §7) -------------------------------------------------------------------
+
+# An obligation's status as listings show it (`ledger.consent.datasets.STATUSES`): `overdue`
+# is an open one past its due time.
+ObligationStatus = Literal["open", "overdue", "fulfilled", "cancelled"]
+
+
+class ObligationCounts(BaseModel):
+    open: int = Field(description="Open, overdue ones included")
+    overdue: int
+    fulfilled: int
+    cancelled: int
+
+
+class BuildOut(BaseModel):
+    dataset: str
+    version: str
+    purpose: str
+    seq: int = Field(description="The `dataset.recorded` entry")
+    time: str
+    records: int = Field(description="Members when recorded")
+    members: int = Field(description="Members now")
+    purged: int
+    retired: int | None = Field(description="The `dataset.retired` entry, if retired")
+    checked_at: int = Field(description="The tree size the records were checked at")
+    at: str = Field(description="The time they were checked at")
+    policy_version: int
+    members_root: str = Field(description="RFC 9162 root over the members' leaves (base64)")
+    obligations: ObligationCounts
+
+
+class BuildsOut(BaseModel):
+    builds: list[BuildOut]
+
+
+class BuildReceiptOut(BaseModel):
+    build: BuildOut
+    receipt: EvidenceBundleOut = Field(description="The `dataset.recorded` entry")
+
+
+class MemberLeafOut(BaseModel):
+    category: str | list[str] = Field(description="The category, or the sorted list of several")
+    purpose: str
+    record: str
+    subject: str = Field(description="The subject's ref (never its id)")
+
+
+class MemberProofOut(BaseModel):
+    dataset: str
+    version: str
+    leaf: MemberLeafOut = Field(description="Leaf hash: RFC 9162 over its canonical JSON")
+    index: int
+    records: int = Field(description="Leaves in the tree of `members_root`")
+    hashes: list[str] = Field(description="The inclusion proof (base64)")
+    entry: EvidenceBundleOut = Field(description="The `dataset.recorded` entry")
+
+
+class ObligationOut(BaseModel):
+    dataset: str
+    version: str
+    record_id: str | None = Field(description="null once an erased subject's record is purged")
+    reason: str = Field(description="Why it stopped being eligible (SPEC §3.4), or `expired`")
+    cause: int = Field(description="The entry that made it ineligible")
+    cause_time: str
+    due: str
+    status: ObligationStatus
+    closed_by: int | None = Field(description="The entry that closed it")
+    closed_time: str | None
+
+
+class ObligationsOut(BaseModel):
+    obligations: list[ObligationOut]
+    next: int | None = Field(description="Pass as `after` for the next page; null at the end")
+
+
+class PurgeBody(Strict):
+    # Each id is validated by the ledger, as a build's are (an integer is its decimal
+    # string), so that an error names it as `record_ids[i]`.
+    record_ids: list[Any] = Field(
+        min_length=1,
+        description="Members to remove",
+        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 256}},
+    )
+
+
+class PurgeOut(BaseModel):
+    dataset: str
+    version: str
+    seq: int = Field(description="The `dataset.purged` entry")
+    records: int
+    fulfils: int = Field(description="Records whose open obligation this purge closed")
+    voluntary: int = Field(description="Records purged with no obligation")
+    purged_root: str = Field(description="RFC 9162 root over the purged records' leaves")
+    receipt: EvidenceBundleOut
+
+
+class RetireOut(BaseModel):
+    dataset: str
+    version: str
+    seq: int = Field(description="The `dataset.retired` entry")
+    fulfils: int = Field(description="Open obligations the retirement closed")
+    receipt: EvidenceBundleOut
+
+
+class SubjectBuildOut(BaseModel):
+    dataset: str
+    version: str
+    purpose: str
+    records: list[str]
+    obligations: list[ObligationOut] = Field(description="The open ones")
+
+
+class SubjectDatasetsOut(BaseModel):
+    subject_id: str
+    datasets: list[SubjectBuildOut]

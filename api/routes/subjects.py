@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Header, Path, Response
 
 from api.deps import AdminClient, LedgerDep, ReadClient, RecordClient
-from api.models import ConsentsBody, SubjectBody, WriteOut
+from api.models import ConsentsBody, SubjectBody, SubjectDatasetsOut, WriteOut
 from ledger.consent.decisions import DecisionRequest
 from ledger.consent.entries import EntryKind
 from ledger.service import IdempotencyKey
@@ -83,6 +83,16 @@ def get_consents(subject_id: SubjectId, ledger: LedgerDep, _: ReadClient) -> dic
 def get_history(subject_id: SubjectId, ledger: LedgerDep, _: ReadClient) -> dict[str, Any]:
     """An evidence bundle of every entry about the subject."""
     return ledger.subject_history(subject_id).to_json()
+
+
+@router.get(
+    "/{subject_id:path}/datasets",
+    summary="The builds holding a subject's records",
+    response_model=SubjectDatasetsOut,
+)
+def get_datasets(subject_id: SubjectId, ledger: LedgerDep, _: ReadClient) -> dict[str, Any]:
+    """Every build with records of the subject, and their open purge obligations (SPEC §7.2)."""
+    return ledger.subject_datasets(subject_id)
 
 
 @router.delete("/{subject_id:path}", response_model=WriteOut)
