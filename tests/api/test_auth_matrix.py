@@ -26,9 +26,18 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/subjects/{subject_id}/consents"): "read",
     ("GET", "/v1/subjects/{subject_id}/history"): "read",
     ("DELETE", "/v1/subjects/{subject_id}"): "admin",
+    ("GET", "/v1/subjects/{subject_id}/datasets"): "read",
     ("POST", "/v1/eligibility/check"): "check",
     ("POST", "/v1/eligibility/batch"): "check",
     ("POST", "/v1/eligibility/stream"): "check",
+    ("POST", "/v1/datasets/{name}/versions/{version}"): "record",
+    ("GET", "/v1/datasets"): "read",
+    ("GET", "/v1/datasets/{name}"): "read",
+    ("GET", "/v1/datasets/{name}/versions/{version}"): "read",
+    ("DELETE", "/v1/datasets/{name}/versions/{version}"): "admin",
+    ("GET", "/v1/datasets/{name}/versions/{version}/members/{record_id}/proof"): "read",
+    ("GET", "/v1/datasets/{name}/obligations"): "read",
+    ("POST", "/v1/datasets/{name}/versions/{version}/purges"): "record",
     ("GET", "/v1/ledger/checkpoint"): "audit",
     ("GET", "/v1/ledger/entries"): "audit",
     ("GET", "/v1/ledger/entries/{seq}"): "audit",
@@ -43,7 +52,14 @@ EXPECTED: dict[tuple[str, str], str | None] = {
 }
 
 SUBJECT = "matrix-subject"
-PATH_VALUES = {"subject_id": SUBJECT, "seq": "0", "path": "0/000.p/1"}
+PATH_VALUES = {
+    "subject_id": SUBJECT,
+    "seq": "0",
+    "path": "0/000.p/1",
+    "name": "matrix-dataset",
+    "version": "1",
+    "record_id": "matrix-record",
+}
 QUERY_VALUES: dict[str, Any] = {"index": 0, "tree_size": 2, "old_size": 1, "new_size": 2}
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/v1/subjects/{subject_id}"): {"json": {"jurisdiction": "US"}},
@@ -59,6 +75,14 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "headers": {"content-type": "application/x-ndjson"},
     },
     ("PUT", "/v1/policy"): {"json": {"version": 1}},
+    ("POST", "/v1/datasets/{name}/versions/{version}"): {
+        "content": b'{"record_id": "matrix-record", "subject_id": "matrix-subject",'
+        b' "category": "profile"}\n',
+        "headers": {"content-type": "application/x-ndjson"},
+    },
+    ("POST", "/v1/datasets/{name}/versions/{version}/purges"): {
+        "json": {"record_ids": ["matrix-record"]}
+    },
 }
 # Authorization headers that identify no active client.
 MALFORMED = [
