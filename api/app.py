@@ -32,9 +32,11 @@ logger = logging.getLogger("consent_ledger.api")
 UNLIMITED_PATHS = frozenset({"/v1/eligibility/stream"})
 UNLIMITED_POSTS = re.compile(r"/v1/datasets/[^/]+/versions/[^/]+")
 
-# Seconds between two sweeps of the purge obligations while `serve` runs (SPEC §7.2:
-# decisions that expire or take effect later open and close obligations as time passes).
-SWEEP_SECONDS = 5.0
+# Transactions one background sweep of the purge obligations may take (SPEC §7.2:
+# decisions that expire or take effect later open and close obligations as time passes;
+# `Settings.obligation_sweep_seconds` apart). A policy's re-evaluation of millions of
+# members then goes on over several sweeps, and a shutdown never waits for all of it.
+SWEEP_TRANSACTIONS = 20
 
 
 def _unlimited(scope: Scope) -> bool:
@@ -152,7 +154,8 @@ async def sweep_obligations(ledger: ConsentLedger, every: float) -> None:
         await anyio.sleep(every)
         try:
             # A cancellation (shutdown) waits for the sweep in the thread to return.
-            await run_in_threadpool(ledger.sweep_obligations)
+            # Bounded, so that a shutdown never waits for a whole policy's re-evaluation.
+            await run_in_threadpool(ledger.sweep_obligations, max_transactions=SWEEP_TRANSACTIONS)
         except Exception as exc:
             if str(exc) != failing:
                 # A ledger error (a read-only replica, say) says enough; anything else is
@@ -233,4 +236,5 @@ def create_app(
 
 def app_from_environment() -> FastAPI:
     """Entry point for uvicorn workers (`api.app:app_from_environment`, factory)."""
-    return create_app(Settings(), sweep_every=SWEEP_SECONDS)
+    settings = Settings()
+    return create_app(settings, sweep_every=settings.obligation_sweep_seconds or None)

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     )
     batch_max_items: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    obligation_sweep_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between sweeps of purge obligations while `serve` runs "
+        "(decisions taking effect or expiring, a policy's re-evaluation); 0 turns it off.",
+    )
     subject_cache_mb: int = Field(
         default=160,
         ge=0,

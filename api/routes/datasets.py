@@ -212,7 +212,10 @@ def _check(recorder: BuildRecorder, pending: list[BuildItem | dict[str, Any]]) -
     answers = iter(recorder.check(items) if items else ())
     out = bytearray()
     for item in pending:
-        line = next(answers).to_json() if isinstance(item, BuildItem) else item
+        if isinstance(item, BuildItem):
+            line = next(answers).to_json()
+        else:  # counted in the build's summary like the items it refuses
+            line = recorder.reject(item["line"], item["error"]["message"]).to_json()
         out += orjson.dumps(line)
         out += b"\n"
     return bytes(out)

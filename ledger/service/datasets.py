@@ -337,6 +337,13 @@ class BuildRecorder:
                 if instant is not None and instant > at:
                     self._instants.add((ref, instant))
 
+    def reject(self, line: int, message: str) -> ItemError:
+        """A line the caller could not read as an item (not JSON, too long): answered with
+        an error and counted like the items `check` refuses."""
+        self.summary.lines += 1
+        self.summary.errors += 1
+        return ItemError(line, InvalidInput(message, field="line"))
+
     def _parse(self, item: BuildItem) -> tuple[BuildItem, str, list[str]] | ItemError:
         if item.record_id is None:
             return ItemError(item.line, InvalidInput("is required", field="record_id"))
@@ -530,14 +537,21 @@ class DatasetService:
             "receipt": self.reads.receipt(sealed).to_json(),
         }
 
-    def sweep(self, *, now: str | None = None) -> dict[str, Any]:
+    def sweep(
+        self, *, now: str | None = None, max_transactions: int | None = None
+    ) -> dict[str, Any]:
         """Bring the obligations up to the log and the clock: decisions that took effect
-        or expired, and a policy's re-evaluation, a chunk per transaction."""
+        or expired, and a policy's re-evaluation, a chunk per transaction (at most
+        `max_transactions` of them; `done` says whether anything is left)."""
         moment = (
             format_timestamp(utc_now()) if now is None else normalize_timestamp(now, field="now")
         )
-        transactions = 0
-        while True:
+        transactions, done = 0, True
+        with read_session(self._engine) as session:
+            state = session.get(DatasetState, 1)
+            live = state is not None and state.live_builds > 0
+        # Without a live build there is nothing to keep: no write lock taken.
+        while live and (max_transactions is None or transactions < max_transactions):
             with write_session(self._engine) as session:
                 done = obligations.catch_up(session, moment, budget=obligations.POLICY_CHUNK)
             transactions += 1
@@ -550,6 +564,7 @@ class DatasetService:
                 "swept_until": state.swept_until or moment,
                 "through_seq": state.through_seq,
                 "transactions": transactions,
+                "done": done,
             }
 
     def _ensure_current(self) -> None:
