@@ -10,7 +10,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from cli import clients, consent, demo, keys, policy, proof, report, subject
+from cli import clients, consent, datasets, demo, keys, policy, proof, report, subject
 from cli.common import (
     JSON_OPTION,
     console,
@@ -44,6 +44,7 @@ app.add_typer(proof.app, name="proof")
 app.add_typer(clients.app, name="clients")
 app.add_typer(demo.app, name="demo")
 app.add_typer(report.app, name="report")
+app.add_typer(datasets.app, name="dataset")
 app.command("verify-report")(report.verify_report_command)
 app.command("import")(import_command)
 
@@ -168,6 +169,22 @@ def filter_command(
     ] = None,
     as_of: Annotated[int | None, typer.Option(help="Evaluate at this tree size.")] = None,
     at: Annotated[str | None, typer.Option(help="Evaluate at this RFC 3339 time.")] = None,
+    record: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME@VERSION",
+            help="Also record the kept records as this dataset build (once per version).",
+        ),
+    ] = None,
+    record_column: Annotated[
+        str | None, typer.Option(help="Column holding each record's id (default record_id).")
+    ] = None,
+    receipt: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the recorded build's receipt (evidence bundle) here.", dir_okay=False
+        ),
+    ] = None,
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Keep the records of a dataset that their subjects allow; summarise the rest.
@@ -175,10 +192,19 @@ def filter_command(
     Records are written unchanged, in order. Rerun with the printed --as-of and
     --at to reproduce the same output.
 
+    With --record the same pass records the build: its members are the kept
+    records (ids from --record-column; a category cell may be `a|b`), and OUT is
+    written only if the build is recorded. `consent-ledger dataset` shows it.
+
     Example: consent-ledger filter posts.jsonl --out train.jsonl --category content.public
+
+    Example: consent-ledger filter posts.csv --out train.csv --record posts-train@1
     """
     if category is not None and category_column is not None:
         raise InvalidInput("give --category or --category-column, not both", field="--category")
+    if record is None and (record_column is not None or receipt is not None):
+        option = "--record-column" if record_column is not None else "--receipt"
+        raise InvalidInput("needs --record NAME@VERSION", field=option)
     column = None if category is not None else (category_column or "category")
     with open_ledger() as ledger, progress_bar() as progress:
         task = progress.add_task("filtering", total=None)
@@ -193,6 +219,14 @@ def filter_command(
             as_of=as_of,
             at=at,
             progress=lambda rows: progress.update(task, completed=rows),
+            record=record,
+            record_column=record_column or "record_id",
+            actor=cli_actor(),
+            recording=lambda: progress.update(task, description=f"recording {record}"),
+        )
+    if receipt is not None and summary.build is not None:
+        receipt.write_bytes(
+            orjson.dumps(summary.build.receipt.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
         )
     if as_json:
         print_json(summary.to_json())
@@ -203,6 +237,18 @@ def filter_command(
     )
     for reason, count in sorted(summary.dropped.items(), key=lambda item: -item[1]):
         console.print(f"  dropped {count}: {reason}")
+    if summary.build is not None:
+        build = summary.build.summary
+        console.print(
+            f"recorded {build.dataset}@{build.version} for {build.purpose} as entry {build.seq}: "
+            f"{build.records} members, members_root {build.members_root}"
+        )
+        for error in summary.errors:
+            console.print(f"  record {error.line}: {error.error}")
+        if build.errors > len(summary.errors):
+            console.print(f"  … and {build.errors - len(summary.errors)} more records with errors")
+        if receipt is not None:
+            console.print(f"receipt written to {receipt}")
     console.print(f"reproduce with: --as-of {summary.checked_at} --at {summary.at}")
 
 

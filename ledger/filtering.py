@@ -5,11 +5,19 @@ streams through in chunks; every chunk is checked in one `check_many` at the
 same tree size and time, so the output is reproducible with `as_of`/`at`, and
 memory stays constant however large the file. Kept records are written
 unchanged and in their original order.
+
+With `record="NAME@VERSION"` the same pass records the build (SPEC §7.1): each
+chunk goes through the build recorder's own check (one check, not two), the kept
+records are its eligible answers, and the output file appears only once the
+build is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,10 +26,27 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from ledger.errors import InvalidInput
-from ledger.service import CheckRequest, ConsentLedger
+from ledger.consent.datasets import CATEGORY_SEPARATOR, parse_build
+from ledger.errors import InvalidInput, LedgerError
+from ledger.service import (
+    BuildItem,
+    BuildRecorder,
+    CheckRequest,
+    ConsentLedger,
+    ItemError,
+    RecordedBuild,
+    cli_actor,
+)
 
 CHUNK = 10_000
+# Rows with an error that a recorded filter's summary shows (the rest are counted).
+SHOWN_ERRORS = 10
+
+
+class BuildRefused(LedgerError):
+    """The ledger refused to record a filtered build (record ids repeated or malformed):
+    nothing was recorded and the output file was not written. Not a usage error: the
+    dataset's content is at fault, so the CLI exits 1."""
 
 
 @dataclass
@@ -32,9 +57,12 @@ class FilterSummary:
     checked_at: int = 0
     at: str = ""
     policy_version: int = 0
+    # A recorded filter's build, and its first rows with an error (all are in `dropped`).
+    build: RecordedBuild | None = None
+    errors: list[ItemError] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "rows": self.rows,
             "kept": self.kept,
             "dropped": dict(sorted(self.dropped.items())),
@@ -42,6 +70,10 @@ class FilterSummary:
             "at": self.at,
             "policy_version": self.policy_version,
         }
+        if self.build is not None:
+            document.update(self.build.to_json())
+            document["errors"] = [error.to_json() for error in self.errors]
+        return document
 
 
 def dataset_format(path: Path) -> str:
@@ -177,38 +209,119 @@ def filter_dataset(
     as_of: int | None = None,
     at: str | None = None,
     progress: Callable[[int], None] | None = None,
+    record: str | None = None,
+    record_column: str = "record_id",
+    actor: str | None = None,
+    recording: Callable[[], None] | None = None,
 ) -> FilterSummary:
-    """Write the eligible records of `source` to `out` (same format); summarise the rest."""
+    """Write the eligible records of `source` to `out` (same format); summarise the rest.
+
+    `record` ("NAME@VERSION") also records the build of the kept records, their ids
+    taken from `record_column`; `out` is then written only if the build is recorded
+    (BuildRefused or Conflict otherwise, with nothing recorded). `recording` is called
+    once every row is checked, as the build is being written.
+    """
     if (category is None) == (category_column is None):
         raise InvalidInput("give exactly one of a category column or a category", field="category")
+    build = None if record is None else parse_build(record, field="--record")
     # Unknown names are the caller's mistake, not a reason to drop every record.
     policy = ledger.current_policy()
     if category is not None:
-        policy.check_category(category, field="--category")
+        # A build's record may fall in several categories (`a|b`, SPEC §7.1).
+        for name in category.split(CATEGORY_SEPARATOR) if build is not None else (category,):
+            policy.check_category(name, field="--category")
     if purpose is not None:
         policy.check_purpose(purpose, field="--purpose")
     kind = dataset_format(source)
     if dataset_format(out) != kind:
         raise InvalidInput(f"the output must be {kind} like the input", field="--out")
-    records: _Records
+    # The columns that must exist, with the options that name them.
+    columns = [(subject_column, "--subject-column"), (category_column, "--category-column")]
+    if build is None:
+        records = _open_records(kind, source, out)
+        _check_columns(records, columns)
+        return _filter(
+            ledger,
+            records,
+            purpose=purpose,
+            subject_column=subject_column,
+            category_column=category_column,
+            category=category,
+            as_of=as_of,
+            at=at,
+            progress=progress,
+        )
+    dataset, version = build
+    columns.append((record_column, "--record-column"))
+    # Refused before any file is touched if the version is recorded already.
+    with ledger.dataset_recorder(
+        dataset, version, actor=actor or cli_actor(), purpose=purpose, as_of=as_of, at=at
+    ) as recorder:
+        # Written beside `out` and renamed onto it once the build is recorded, so that a
+        # refused build never leaves a file that looks like the recorded dataset.
+        partial = out.with_name(f".{out.name}.{secrets.token_hex(6)}.partial")
+        try:
+            records = _open_records(kind, source, partial)
+            _check_columns(records, columns)
+            summary = _record(
+                recorder,
+                records,
+                columns,
+                subject_column=subject_column,
+                category_column=category_column,
+                category=category,
+                record_column=record_column,
+                progress=progress,
+            )
+            if recording:
+                recording()
+            try:
+                summary.build = recorder.finish()
+            except InvalidInput as exc:
+                raise BuildRefused(
+                    f"{dataset}@{version} was not recorded and {out.name} not written: {exc}"
+                ) from None
+            os.replace(partial, out)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+    return summary
+
+
+def _open_records(kind: str, source: Path, out: Path) -> _Records:
     if kind == "csv":
-        records = _CsvRecords(source, out)
-    elif kind == "jsonl":
-        records = _JsonlRecords(source, out)
-    else:
-        records = _ParquetRecords(source, out)
+        return _CsvRecords(source, out)
+    if kind == "jsonl":
+        return _JsonlRecords(source, out)
+    return _ParquetRecords(source, out)
+
+
+def _check_columns(records: _Records, names: list[tuple[str | None, str]]) -> None:
+    """A column the file does not have is a usage error naming the ones it has."""
     columns = records.columns()
-    if columns is not None:
-        for name, option in (
-            (subject_column, "--subject-column"),
-            (category_column, "--category-column"),
-        ):
-            if name is not None and name not in columns:
-                records.close()
-                raise InvalidInput(
-                    f"the dataset has no column {name!r} (it has {', '.join(columns)})",
-                    field=option,
-                )
+    if columns is None:
+        return
+    for name, option in names:
+        if name is not None and name not in columns:
+            records.close()
+            raise InvalidInput(
+                f"the dataset has no column {name!r} (it has {', '.join(columns)})",
+                field=option,
+            )
+
+
+def _filter(
+    ledger: ConsentLedger,
+    records: _Records,
+    *,
+    purpose: str | None,
+    subject_column: str,
+    category_column: str | None,
+    category: str | None,
+    as_of: int | None,
+    at: str | None,
+    progress: Callable[[int], None] | None,
+) -> FilterSummary:
     summary = FilterSummary()
     try:
         for chunk in records.chunks():
@@ -246,6 +359,79 @@ def filter_dataset(
     return summary
 
 
+def _record(
+    recorder: BuildRecorder,
+    records: _Records,
+    columns: list[tuple[str | None, str]],
+    *,
+    subject_column: str,
+    category_column: str | None,
+    category: str | None,
+    record_column: str,
+    progress: Callable[[int], None] | None,
+) -> FilterSummary:
+    """The filter's loop with the recorder's check: its eligible answers are the kept rows."""
+    build = recorder.summary
+    summary = FilterSummary(
+        checked_at=build.checked_at, at=build.at, policy_version=build.policy_version
+    )
+    errors = summary.errors
+    try:
+        for chunk in records.chunks():
+            if summary.rows == 0 and records.columns() is None:
+                _check_fields(chunk, columns)
+            # `line` is the record's number in the file (1 = the first record): a CSV
+            # category cell may be `a|b` and a JSON one a list, which the recorder splits.
+            items = [
+                BuildItem(
+                    line,
+                    _record_id(record.get(record_column)),
+                    _text(record.get(subject_column)),
+                    category if category_column is None else record.get(category_column),
+                )
+                for line, (record, _) in enumerate(chunk, summary.rows + 1)
+            ]
+            kept = []
+            for (_, raw), answer in zip(chunk, recorder.check(items), strict=True):
+                if isinstance(answer, ItemError):
+                    summary.dropped[f"invalid {answer.error.field or 'record'}"] += 1
+                    if len(errors) < SHOWN_ERRORS:
+                        errors.append(answer)
+                elif answer.eligible:
+                    kept.append(raw)
+                else:
+                    summary.dropped[answer.reason] += 1
+            records.write(kept)
+            summary.rows += len(chunk)
+            summary.kept += len(kept)
+            if progress:
+                progress(summary.rows)
+    finally:
+        records.close()
+    return summary
+
+
+def _check_fields(
+    chunk: list[tuple[dict[str, Any], Any]], names: list[tuple[str | None, str]]
+) -> None:
+    """Records without a header (JSONL): a field that no record of the first chunk has is
+    taken for a misspelt column, since a build recorded full of errors cannot be undone."""
+    seen: set[str] = set().union(*(record.keys() for record, _ in chunk))
+    for name, option in names:
+        if name is not None and name not in seen:
+            raise InvalidInput(
+                f"no record among the first {len(chunk)} has a field {name!r} (they have "
+                f"{', '.join(sorted(seen)) or 'none'})",
+                field=option,
+            )
+
+
 def _text(value: Any) -> Any:
     # CSV gives strings already; JSON and Parquet ids may be numbers.
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _record_id(value: Any) -> Any:
+    # An empty cell is a record without an id (an error on its row), not a malformed id
+    # (which refuses the whole build).
+    return None if value == "" else _text(value)
