@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from ledger.consent.datasets import member_leaf, purged_leaf, record_order, split_categories
 from ledger.errors import InvalidInput, NotFound
-from ledger.store.db import bulk_insert, in_chunks
+from ledger.store.db import SQLITE_CACHE_KIB, bulk_insert, in_chunks
 from ledger.store.schema import DatasetLeaves, DatasetMember, DatasetObligation, SubjectVersion
 from ledger.tlog.merkle import (
     HASH_SIZE,
@@ -40,6 +40,10 @@ class MemberWriter:
 
     def __init__(self, session: Session, build: int, purpose: str) -> None:
         self._session = session
+        if session.get_bind().dialect.name == "sqlite":
+            # The `ref` index takes members in no order: with SQLite's default 2 MB cache
+            # its pages spill and are read and written again many times over.
+            session.execute(text(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
         self._build = build
         self._purpose = purpose
         self._rows: list[tuple[int, str, int, str, str]] = []

@@ -15,7 +15,7 @@ Every function here runs inside a write transaction (the write lock is held).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,17 +125,9 @@ class Maintenance:
         self.session.add(state)
         return done
 
-    def _touched_since(self, start: int) -> Iterator[str]:
+    def _touched_since(self, start: int) -> set[str]:
         """Refs with members among the subjects of entries in [start, size)."""
-        found = self.session.execute(
-            select(col(LogEntryRow.subject))
-            .distinct()
-            .join(DatasetMember, col(DatasetMember.ref) == col(LogEntryRow.subject))
-            .where(col(LogEntryRow.seq) >= start, col(LogEntryRow.seq) < self.size)
-        )
-        for (ref,) in found:
-            if ref is not None:
-                yield ref
+        return refs_with_members(self.session, subjects_between(self.session, start, self.size))
 
     def _due_wakeups(self) -> set[str]:
         due = col(DatasetWakeup.at) <= self.now
@@ -337,6 +329,35 @@ def subject_histories(
     return histories
 
 
+def subjects_between(session: Session, start: int, end: int) -> set[str]:
+    """The subjects of the entries in [start, end): what a stretch of the log concerns."""
+    return {
+        ref
+        for ref in session.scalars(
+            select(col(LogEntryRow.subject))
+            .distinct()
+            .where(
+                col(LogEntryRow.seq) >= start,
+                col(LogEntryRow.seq) < end,
+                col(LogEntryRow.subject).is_not(None),
+            )
+        )
+        if ref is not None
+    }
+
+
+def refs_with_members(session: Session, refs: Iterable[str], build: int | None = None) -> set[str]:
+    """Which of these subjects have members (in `build`, or in any build). Two steps, not
+    a join: the planner cannot tell that the stretch of log is small and the members many."""
+    found: set[str] = set()
+    for chunk in in_chunks(sorted(refs)):
+        query = select(col(DatasetMember.ref)).distinct().where(col(DatasetMember.ref).in_(chunk))
+        if build is not None:
+            query = query.where(col(DatasetMember.build) == build)
+        found.update(session.scalars(query))
+    return found
+
+
 def insert_wakeups(session: Session, wakeups: list[dict[str, Any]]) -> None:
     """Add (ref, at) rows, ignoring those already there."""
     if not wakeups:
@@ -386,17 +407,8 @@ def register_build(
         state.through_seq = build
         state.swept_until = max(state.swept_until, now)
     state.live_builds += 1
-    touched = session.execute(
-        select(col(LogEntryRow.subject))
-        .distinct()
-        .join(DatasetMember, col(DatasetMember.ref) == col(LogEntryRow.subject))
-        .where(
-            col(DatasetMember.build) == build,
-            col(LogEntryRow.seq) >= checked_at,
-            col(LogEntryRow.seq) < build,
-        )
-    )
-    wakeups = [{"ref": ref, "at": now} for (ref,) in touched]
+    touched = refs_with_members(session, subjects_between(session, checked_at, build), build)
+    wakeups = [{"ref": ref, "at": now} for ref in touched]
     # An instant already passed since the check is due now.
     wakeups += [{"ref": ref, "at": max(instant, now)} for ref, instant in instants]
     insert_wakeups(session, list({(w["ref"], w["at"]): w for w in wakeups}.values()))

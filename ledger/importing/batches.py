@@ -19,16 +19,13 @@ from ledger.consent.policy import Policy
 from ledger.consent.projection import Projector, SubjectRow, subject_version
 from ledger.consent.subjects import RandomPool, commitment
 from ledger.datasets import obligations
-from ledger.store.db import bulk_insert, in_chunks, write_session
+from ledger.store.db import SQLITE_CACHE_KIB, bulk_insert, in_chunks, write_session
 from ledger.store.schema import ImportProgress, LedgerState, SubjectMapping, SubjectVersion
 from ledger.timestamps import format_timestamp, utc_now
 from ledger.tlog.log import LogHead, LogWriter, PreparedAppend, write_prepared
 from ledger.tlog.notes import NoteSigner
 
 DEFAULT_BATCH = 5_000
-# The import connection's SQLite page cache: a batch's index pages stay in memory until it
-# commits (with refs in time order they are few: 32 MB did as well as 64 at 1M rows).
-SQLITE_CACHE_KIB = 32 * 1024
 
 
 @dataclass

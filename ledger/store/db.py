@@ -36,6 +36,12 @@ SQLITE_PAGE_SIZE = 16_384
 IN_CLAUSE_LIMIT = 900
 
 
+# The page cache of a connection doing a bulk write on SQLite (an import's batch, a
+# dataset build's members): its index pages stay in memory until it commits (32 MB did
+# as well as 64 for an import of 1M rows).
+SQLITE_CACHE_KIB = 32 * 1024
+
+
 def in_chunks(items: Sequence[T], size: int = IN_CLAUSE_LIMIT) -> Iterator[Sequence[T]]:
     """`items` in slices of at most `size`: the values of one SQL `IN (...)` each."""
     for start in range(0, len(items), size):

@@ -54,6 +54,9 @@ def upgrade() -> None:
         sa.Column("ref", sa.String(64), nullable=False),
         sa.Column("category", sa.String(512), nullable=False),
         sa.Column("obligation", sa.BigInteger),
+        # Keyed by (build, record_id) itself: a build inserts its members in that order,
+        # and one B-tree fewer to write for each of millions of members.
+        sqlite_with_rowid=False,
     )
     op.create_index("ix_dataset_members_ref", "dataset_members", ["ref"])
     op.create_table(
