@@ -670,6 +670,9 @@ class ConsentLedgerClient:
         """Stream `items` to the build endpoint; yield each answer with the item's payload."""
         # The items sent and not yet answered, oldest first: the n-th answer is the n-th item's.
         in_flight: deque[tuple[str | None, R]] = deque()
+        # What the items raised, if they did: that, not what it did to the exchange, is
+        # the caller's error (an in-process app even answers it with a 500 last line).
+        stopped: list[Exception] = []
 
         def lines() -> Iterator[bytes]:
             try:
@@ -678,6 +681,7 @@ class ConsentLedgerClient:
                     in_flight.append((record_id, payload))
                     yield line
             except Exception as exc:
+                stopped.append(exc)
                 raise _ItemsFailed(exc) from exc
 
         path = _build_path(recording.dataset, recording.version)
@@ -689,6 +693,8 @@ class ConsentLedgerClient:
         exchange: Exchange | None = None
         try:
             exchange = self._open_stream(url, lines(), window)
+            if stopped:
+                raise _ItemsFailed(stopped[0])
             if exchange.status_code >= 400:
                 raise _api_error_of(
                     _json_object(exchange.read()),
@@ -731,6 +737,8 @@ class ConsentLedgerClient:
                     )
                 recording.count(answer)
                 yield answer, payload
+            if stopped:
+                raise _ItemsFailed(stopped[0])
             if final is None:
                 exchange.sent()  # raises what stopped the items, if something did
                 raise ProtocolError(
@@ -752,6 +760,8 @@ class ConsentLedgerClient:
         except _ItemsFailed as failed:
             raise failed.error from None
         except (OSError, http.client.HTTPException, httpx.TransportError) as exc:
+            if stopped:
+                raise stopped[0] from None
             raise TransportError(f"POST {url}: {exc}") from exc
         finally:
             if exchange is not None:
