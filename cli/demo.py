@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.common import JSON_OPTION, console, guarded, open_ledger, print_json, progress_bar
-from ledger.demo import demo_policy_change, generate_rows
-from ledger.importing import FIELDS
+from ledger.demo import seed_demo
 from ledger.service import cli_actor
 
 app = typer.Typer(help="Demo data.")
-
-# The generator gives 1-6 rows per subject, 3.2 on average.
-ROWS_PER_SUBJECT = 3.2
 
 
 @app.command("seed")
@@ -27,56 +21,54 @@ def seed(
     seed_value: Annotated[
         int, typer.Option("--seed", help="Random seed (same seed, same data).")
     ] = (20_261_126),
+    posts: Annotated[
+        Path,
+        typer.Option(help="Where to write the platform's posts (50 per subject), as CSV."),
+    ] = Path("posts.csv"),
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Seed a synthetic population: jurisdictions in a plausible mix, minors, grants,
-    refusals and withdrawals over time, explicit biometric grants, and a policy change
-    half-way (public posts become default-allowed as AI model input outside the GDPR).
+    refusals and withdrawals over time, explicit biometric grants; write its posts
+    (`posts.csv`, with a `record_id` column); record two training datasets
+    (posts-train@1, profiles-train@1); then later withdrawals, refusals, a minor, an
+    erasure and a policy change (public posts default-allowed as AI model input
+    outside the GDPR, education history no longer), which open purge obligations.
 
     Example: consent-ledger demo seed --subjects 10000
     """
-    rows = generate_rows(max(1, round(subjects * ROWS_PER_SUBJECT)), seed=seed_value)
-    half = max(1, round(subjects * ROWS_PER_SUBJECT / 2))
-    with tempfile.TemporaryDirectory(prefix="consent-ledger-demo-") as scratch:
-        first, second = Path(scratch) / "before.csv", Path(scratch) / "after.csv"
-        for path, count in ((first, half), (second, None)):
-            with path.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(FIELDS)
-                for written, row in enumerate(rows):
-                    writer.writerow([row[name] for name in FIELDS])
-                    if count is not None and written + 1 >= count:
-                        break
-        with open_ledger() as ledger, progress_bar() as progress:
-            task = progress.add_task("seeding", total=None)
-            before = ledger.import_file(
-                first, actor=cli_actor(), progress=lambda n: progress.update(task, completed=n)
-            )
-            changed = demo_policy_change(ledger.current_policy())
-            published = None
-            if not before.already_imported:
-                published = ledger.publish_policy(changed, actor=cli_actor())
-            after = ledger.import_file(
-                second,
-                actor=cli_actor(),
-                progress=lambda n: progress.update(task, completed=before.rows + n),
-            )
-            size = ledger.tree_size()
-    summary = {
-        "rows": before.rows + after.rows,
-        "entries": before.entries + after.entries,
-        "policy_version": changed.version if published else None,
-        "policy_entry": published.entries[0].seq if published else None,
-        "already_seeded": before.already_imported and after.already_imported,
-        "tree_size": size,
-    }
+    with open_ledger() as ledger, progress_bar() as progress:
+        task = progress.add_task("seeding", total=None)
+        summary = seed_demo(
+            ledger,
+            subjects=subjects,
+            seed=seed_value,
+            posts=posts,
+            actor=cli_actor(),
+            progress=lambda stage, done: progress.update(task, description=stage, completed=done),
+        )
     if as_json:
-        print_json(summary)
+        print_json(summary.to_json())
         return
-    if summary["already_seeded"]:
-        console.print(f"this population is already seeded (tree size {size})")
+    if summary.already_seeded:
+        console.print(f"this population is already seeded (tree size {summary.tree_size})")
+        console.print(f"wrote {summary.posts} posts to {posts}")
         return
-    console.print(
-        f"seeded {summary['rows']} rows as {summary['entries']} entries; policy "
-        f"v{changed.version} published as entry {summary['policy_entry']}; tree size {size}"
+    policy = (
+        f"policy v{summary.policy_version} published as entry {summary.policy_entry}"
+        if summary.policy_entry is not None
+        else "no policy change"
     )
+    console.print(
+        f"seeded {summary.rows} rows as {summary.entries} entries; {policy}; "
+        f"tree size {summary.tree_size}"
+    )
+    console.print(f"wrote {summary.posts} posts to {posts}")
+    for build in summary.builds:
+        console.print(
+            f"recorded {build['dataset']}@{build['version']} as entry {build['seq']}: "
+            f"{build['records']} of {build['checked']} records eligible"
+        )
+    if summary.erased:
+        console.print(f"erased {summary.erased}")
+    for dataset, count in sorted(summary.obligations.items()):
+        console.print(f"{dataset}: {count} open purge obligations")

@@ -445,18 +445,32 @@ def test_filter_with_a_column_the_csv_does_not_have_is_a_usage_error(
 
 
 def test_demo_seed_then_verify(home: Home) -> None:
-    result = invoke("demo", "seed", "--subjects", "300")
+    posts = home.tmp_path / "posts.csv"
+    result = invoke("demo", "seed", "--subjects", "300", "--posts", str(posts))
     match = re.search(r"seeded (\d+) rows as (\d+) entries; policy v2 published", result.stdout)
     assert match, result.output
+    assert "wrote 15000 posts to" in result.stdout
+    for build in ("posts-train@1", "profiles-train@1"):
+        assert re.search(rf"recorded {build} as entry \d+: \d+ of \d+ records", result.stdout)
+    for dataset in ("posts-train", "profiles-train"):
+        opened = re.search(rf"{dataset}: (\d+) open purge obligations", result.stdout)
+        assert opened, result.output
+        assert int(opened.group(1)) > 0
+    with posts.open(newline="", encoding="utf-8") as handle:
+        first = next(csv.DictReader(handle))
+    assert list(first) == ["record_id", "subject_id", "category", "text"]
+    assert first["record_id"] == "post-000000"
     size = tree_size()
     assert size > 300
     assert "OK" in invoke("verify").stdout
     assert invoke_json("policy", "show")["version"] == 2
 
-    again = invoke("demo", "seed", "--subjects", "300")
+    written = posts.read_bytes()
+    again = invoke("demo", "seed", "--subjects", "300", "--posts", str(posts))
     assert "already seeded" in again.stdout, again.output
     assert tree_size() == size
     assert invoke_json("policy", "show")["version"] == 2
+    assert posts.read_bytes() == written
 
 
 # --- clients -------------------------------------------------------------------------------

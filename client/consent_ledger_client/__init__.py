@@ -14,6 +14,13 @@
         write_jsonl("train.jsonl", kept)
         print(kept.checked_at, kept.kept, dict(kept.dropped))
 
+        # Record the build as it is filtered, then act on what the ledger asks back.
+        kept = ledger.filter(read_jsonl("posts.jsonl"), record="posts-train@2")
+        write_jsonl("train-2.jsonl", kept)
+        print(kept.recorded.seq, kept.recorded.records)
+        due = [o["record_id"] for o in ledger.obligations("posts-train", status="open")]
+        ledger.purge("posts-train", "1", due)
+
 Every receipt and checkpoint is verified with `ledger.tlog.notes` and
 `ledger.tlog.merkle`, the same code the ledger and its auditors use: the
 client carries a generated copy of it in `consent_ledger_client._kernel`
@@ -21,6 +28,13 @@ client carries a generated copy of it in `consent_ledger_client._kernel`
 """
 
 from consent_ledger_client.core import ConsentLedgerClient, FilterResult, Receipt, VerifiedBundle
+from consent_ledger_client.datasets import (
+    BuildRecording,
+    MemberProof,
+    PurgeResult,
+    RecordedBuild,
+    verify_member_proof,
+)
 from consent_ledger_client.errors import (
     ApiError,
     ClientError,
@@ -34,15 +48,20 @@ from consent_ledger_client.trust import TrustedLog
 
 __all__ = [
     "ApiError",
+    "BuildRecording",
     "ClientError",
     "ConsentLedgerClient",
     "FilterResult",
     "InvalidRecord",
+    "MemberProof",
     "MissingScope",
     "ProtocolError",
+    "PurgeResult",
     "Receipt",
+    "RecordedBuild",
     "TransportError",
     "TrustedLog",
     "VerificationError",
     "VerifiedBundle",
+    "verify_member_proof",
 ]

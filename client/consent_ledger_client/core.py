@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import orjson
@@ -20,6 +21,17 @@ from consent_ledger_client._kernel.errors import InvalidInput
 from consent_ledger_client._kernel.errors import VerificationError as KernelVerificationError
 from consent_ledger_client._kernel.tlog.evidence import EvidenceBundle, verify_bundle
 from consent_ledger_client._kernel.tlog.notes import Checkpoint, VerifierKey, unb64
+from consent_ledger_client.datasets import (
+    BuildRecording,
+    MemberProof,
+    PurgeResult,
+    RecordedBuild,
+    check_purged,
+    check_recorded,
+    item_line,
+    member_proof,
+)
+from consent_ledger_client.duplex import DuplexExchange, Exchange, HttpxExchange
 from consent_ledger_client.errors import (
     ApiError,
     InvalidRecord,
@@ -28,7 +40,7 @@ from consent_ledger_client.errors import (
     TransportError,
     VerificationError,
 )
-from consent_ledger_client.trust import TrustedLog
+from consent_ledger_client.trust import TrustedLog, parse_verifier_keys
 
 __all__ = ["ConsentLedgerClient", "FilterResult", "Receipt", "VerifiedBundle"]
 
@@ -38,6 +50,9 @@ KeyOrGetter = str | Callable[[Any], Any]
 DEFAULT_PURPOSE = "ai-training"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 MAX_RETRY_AFTER = 10.0
+# Build items sent and not yet answered, at most: more than the ledger reads before it
+# answers (it answers a chunk of a few thousand at a time), few enough to hold in memory.
+BUILD_WINDOW = 50_000
 
 
 def _user_agent() -> str:
@@ -117,6 +132,8 @@ class FilterResult(Generic[R]):
     later when passed back as `filter(..., as_of=checked_at, at=at)`.
     `checkpoint` is the signed checkpoint the server named for that tree size
     (verified); `kept` and `dropped` (by reason) count what has been seen so far.
+    A filter that records a build (`record=`) sets these from the build once the
+    last record has been answered, and `recorded` to the build and its receipt.
     """
 
     _records: Iterator[R] = field(repr=False)
@@ -128,6 +145,7 @@ class FilterResult(Generic[R]):
     kept: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    recorded: RecordedBuild | None = None
 
     def __iter__(self) -> Iterator[R]:
         return self
@@ -179,8 +197,11 @@ class ConsentLedgerClient:
         }
         self._owns_http = http is None
         self._http = http or httpx.Client(transport=transport, timeout=timeout)
+        # Builds stream over a connection of their own unless the HTTP layer is injected.
+        self._streams_directly = http is None and transport is None
+        self._stream_timeout = timeout.read if isinstance(timeout, httpx.Timeout) else timeout
         self.retries = retries
-        self.keys = _parse_keys(verifier_key)
+        self.keys = parse_verifier_keys(verifier_key)
         self.trust = TrustedLog(
             self.keys,
             store=Path(trust_store) if trust_store is not None else None,
@@ -270,7 +291,9 @@ class ConsentLedgerClient:
         as_of: int | None = None,
         at: str | None = None,
         at_least_as_fresh: int | None = None,
-        on_invalid: str = "raise",
+        on_invalid: str | None = None,
+        record: str | None = None,
+        record_key: KeyOrGetter = "record_id",
     ) -> FilterResult[R]:
         """The eligible records, in order, checked in batches at one tree size and time.
 
@@ -281,16 +304,46 @@ class ConsentLedgerClient:
         The first batch fixes the tree size and time (unless `as_of`/`at` are
         given); every later batch is asked at exactly those, so the result is
         reproducible. A record the server cannot check (bad subject id, unknown
-        category) raises `InvalidRecord`, or with ``on_invalid="drop"`` is
-        dropped and counted under ``dropped["invalid"]``.
+        category) raises `InvalidRecord` (``on_invalid="raise"``, the default),
+        or with ``on_invalid="drop"`` is dropped and counted under
+        ``dropped["invalid"]``.
+
+        `record="NAME@VERSION"` records the eligible records as that dataset
+        build while filtering (SPEC §7.1, `record` scope): the records stream
+        through `record_build` instead of batches, each one's id taken from
+        `record_key`, and `recorded` holds the verified build once the last
+        record is out. The ledger records a build without the records it could
+        not check, so those are always dropped then (``on_invalid="raise"`` is
+        refused). See `record_build` for what stopping early records.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if on_invalid not in ("raise", "drop"):
+        if on_invalid not in (None, "raise", "drop"):
             raise ValueError("on_invalid must be 'raise' or 'drop'")
+        if record is not None and on_invalid == "raise":
+            raise ValueError(
+                "a recorded build leaves out the records the ledger cannot check and records "
+                "the others: it cannot stop at one; use on_invalid='drop' (the default with record)"
+            )
         subject_of = _getter(subject_key)
         category_of = (lambda _: category) if category is not None else _getter(category_key)
         result: FilterResult[R] = FilterResult(iter(()))
+        if record is not None:
+            dataset, version = _parse_build(record)
+            result._records = self._filter_recording(
+                iter(records),
+                result,
+                subject_of,
+                category_of,
+                _getter(record_key),
+                dataset,
+                version,
+                purpose=purpose,
+                as_of=as_of,
+                at=at,
+                at_least_as_fresh=at_least_as_fresh,
+            )
+            return result
         result._records = self._filter(
             iter(records),
             result,
@@ -366,6 +419,59 @@ class ConsentLedgerClient:
                 else:
                     result.dropped[str(outcome.get("reason"))] += 1
             position += len(batch)
+
+    def _filter_recording(
+        self,
+        records: Iterator[R],
+        result: FilterResult[R],
+        subject_of: Callable[[Any], Any],
+        category_of: Callable[[Any], Any],
+        record_of: Callable[[Any], Any],
+        dataset: str,
+        version: str,
+        *,
+        purpose: str | None,
+        as_of: int | None,
+        at: str | None,
+        at_least_as_fresh: int | None,
+    ) -> Iterator[R]:
+        recording = BuildRecording(dataset, version, iter(()))
+        items = (
+            (
+                {
+                    "record_id": record_of(record),
+                    "subject_id": subject_of(record),
+                    "category": category_of(record),
+                },
+                record,
+            )
+            for record in records
+        )
+        answers = self._record(
+            recording,
+            items,
+            purpose=purpose,
+            as_of=as_of,
+            at=at,
+            at_least_as_fresh=at_least_as_fresh,
+            window=BUILD_WINDOW,
+        )
+        for answer, record in answers:
+            if "error" in answer:
+                result.dropped["invalid"] += 1
+            elif answer.get("eligible") is True:
+                result.kept += 1
+                yield record
+            else:
+                result.dropped[str(answer.get("reason"))] += 1
+        recorded = recording.recorded
+        assert recorded is not None
+        result.recorded = recorded
+        result.checked_at, result.at = recorded.build["checked_at"], recorded.build["at"]
+        result.policy_version = recorded.build.get("policy_version")
+        result.checkpoint = recorded.checkpoint
+        result.checkpoint_note = recorded.receipt.document.get("checkpoint")
+        self.last_checked_at = result.checked_at
 
     def _pin(self, result: FilterResult[Any], answer: dict[str, Any]) -> None:
         checked_at, at = answer.get("checked_at"), answer.get("at")
@@ -503,6 +609,270 @@ class ConsentLedgerClient:
             document=document,
         )
 
+    # --- datasets (SPEC §7) ------------------------------------------------------------------
+
+    def record_build(
+        self,
+        dataset: str,
+        version: str | int,
+        items: Iterable[Mapping[str, Any] | tuple[Any, Any, Any]],
+        *,
+        purpose: str | None = None,
+        as_of: int | None = None,
+        at: str | None = None,
+        at_least_as_fresh: int | None = None,
+    ) -> BuildRecording:
+        """Record a dataset build (`record` scope): every item is checked at one tree
+        size and time, the eligible ones become the build's members.
+
+        `items` is any iterable of mappings ``{"record_id", "subject_id",
+        "category", "purpose"?}`` (other keys are not sent) or tuples
+        ``(record_id, subject_id, category)``; a generator over a file is fine:
+        items stream out as they are read and the answers stream back, in
+        constant memory. Iterate the returned `BuildRecording` for each item's
+        answer; once it is exhausted its `recorded` holds the build and its
+        receipt, verified (signature, inclusion, and that its `dataset.recorded`
+        entry names this build, its purpose and exactly the members answered
+        eligible). ``record_build(...).finish()`` skips to that.
+
+        Nothing is recorded when the build fails after its answer began (its
+        last line is ``{"error": problem}``, raised as `ApiError`), nor when the
+        items raise (that exception comes out of the iteration as it was) or the
+        connection is lost before the ledger has read the last item. Once the
+        ledger has read them all, it records the build whether or not the
+        answer is read to its end.
+        """
+        dataset, version = _build_name(dataset, version)
+        recording = BuildRecording(dataset, version, iter(()))
+        answers = self._record(
+            recording,
+            ((item, None) for item in items),
+            purpose=purpose,
+            as_of=as_of,
+            at=at,
+            at_least_as_fresh=at_least_as_fresh,
+            window=BUILD_WINDOW,
+        )
+        recording._answers = (answer for answer, _ in answers)
+        return recording
+
+    def _record(
+        self,
+        recording: BuildRecording,
+        items: Iterator[tuple[object, R]],
+        *,
+        purpose: str | None,
+        as_of: int | None,
+        at: str | None,
+        at_least_as_fresh: int | None,
+        window: int,
+    ) -> Iterator[tuple[dict[str, Any], R]]:
+        """Stream `items` to the build endpoint; yield each answer with the item's payload."""
+        # The items sent and not yet answered, oldest first: the n-th answer is the n-th item's.
+        in_flight: deque[tuple[str | None, R]] = deque()
+        # What the items raised, if they did: that, not what it did to the exchange, is
+        # the caller's error (an in-process app even answers it with a 500 last line).
+        stopped: list[Exception] = []
+
+        def lines() -> Iterator[bytes]:
+            try:
+                for position, (item, payload) in enumerate(items):
+                    line, record_id = item_line(item, position)
+                    in_flight.append((record_id, payload))
+                    yield line
+            except Exception as exc:
+                stopped.append(exc)
+                raise _ItemsFailed(exc) from exc
+
+        path = _build_path(recording.dataset, recording.version)
+        params = _without_none(
+            purpose=purpose, as_of=as_of, at=at, at_least_as_fresh=at_least_as_fresh
+        )
+        url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
+        final: dict[str, Any] | None = None
+        exchange: Exchange | None = None
+        try:
+            exchange = self._open_stream(url, lines(), window)
+            if stopped:
+                raise _ItemsFailed(stopped[0])
+            if exchange.status_code >= 400:
+                raise _api_error_of(
+                    _json_object(exchange.read()),
+                    exchange.status_code,
+                    retry_after=exchange.header("Retry-After"),
+                    method="POST",
+                    url=url,
+                )
+            last_line: int | None = None
+            for raw in exchange.lines():
+                if not raw.strip():
+                    continue
+                answer = _ndjson(raw, url)
+                if final is not None:
+                    raise ProtocolError(
+                        f"POST {url}: the answer goes on after the build's last line"
+                    )
+                if "line" not in answer:
+                    if "build" not in answer and "error" not in answer:
+                        raise ProtocolError(
+                            f"POST {url}: not a line of a build's answer: {raw[:200]!r}"
+                        )
+                    final = answer
+                    continue
+                number = answer["line"]
+                if not isinstance(number, int) or (last_line is not None and number <= last_line):
+                    raise ProtocolError(
+                        f"POST {url}: answer line {number!r} is out of order (after {last_line})"
+                    )
+                last_line = number
+                if not in_flight:
+                    raise ProtocolError(f"POST {url}: more answers than items sent")
+                record_id, payload = in_flight.popleft()
+                exchange.answered()
+                if "error" not in answer and answer.get("record_id") != record_id:
+                    raise ProtocolError(
+                        f"POST {url}: answer {number} is about record "
+                        f"{answer.get('record_id')!r}, but item {recording.answered} is "
+                        f"{record_id!r}"
+                    )
+                recording.count(answer)
+                yield answer, payload
+            if stopped:
+                raise _ItemsFailed(stopped[0])
+            if final is None:
+                exchange.sent()  # raises what stopped the items, if something did
+                raise ProtocolError(
+                    f"POST {url}: the answer ended before the build's last line; whether "
+                    f"{recording.dataset}@{recording.version} was recorded is unknown: ask the "
+                    "ledger for it"
+                )
+            problem = final.get("error")
+            if problem is not None:
+                raise _api_error_of(
+                    problem if isinstance(problem, dict) else {"detail": str(problem)},
+                    None,
+                    method="POST",
+                    url=url,
+                )
+            sent = exchange.sent()
+            if recording.answered != sent:
+                raise ProtocolError(f"POST {url}: {sent} items sent, {recording.answered} answered")
+        except _ItemsFailed as failed:
+            raise failed.error from None
+        except (OSError, http.client.HTTPException, httpx.TransportError) as exc:
+            if stopped:
+                raise stopped[0] from None
+            raise TransportError(f"POST {url}: {exc}") from exc
+        finally:
+            if exchange is not None:
+                exchange.close()
+        recording.recorded = self._recorded(final, recording, purpose=purpose, as_of=as_of)
+
+    def _recorded(
+        self,
+        final: dict[str, Any],
+        recording: BuildRecording,
+        *,
+        purpose: str | None,
+        as_of: int | None,
+    ) -> RecordedBuild:
+        try:
+            bundle = self.verify_bundle(final.get("receipt"))
+        except (VerificationError, ApiError) as exc:
+            exc.document = final  # the build was recorded; here is what came back
+            raise
+        build = check_recorded(
+            final,
+            bundle,
+            dataset=recording.dataset,
+            version=recording.version,
+            purpose=purpose or DEFAULT_PURPOSE,
+            members=recording.members,
+            as_of=as_of,
+        )
+        return RecordedBuild(build=build, receipt=bundle, document=final)
+
+    def _open_stream(self, url: str, body: Iterator[bytes], window: int) -> Exchange:
+        headers = {
+            **self._headers,
+            "Content-Type": "application/x-ndjson",
+            "Accept": "application/x-ndjson, application/problem+json",
+        }
+        if self._streams_directly:
+            return DuplexExchange(url, headers, body, timeout=self._stream_timeout, window=window)
+        return HttpxExchange(self._http, url, headers, body)
+
+    def obligations(
+        self, dataset: str, *, version: str | int | None = None, status: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """A dataset's purge obligations (`read` scope), oldest first, page after page.
+
+        Each is ``{"dataset","version","record_id","reason","cause","cause_time",
+        "due","status","closed_by","closed_time"}``; `status` is one of open,
+        overdue, fulfilled, cancelled. While the ledger is still working out a
+        policy change's obligations it answers 503 + Retry-After: retried
+        `retries` times, then raised as `ApiError`.
+        """
+        dataset, _ = _build_name(dataset, "0")
+        path = f"/v1/datasets/{_segment(dataset)}/obligations"
+        after: Any = None
+        while True:
+            params = _without_none(
+                version=None if version is None else str(version), status=status, after=after
+            )
+            page = self._json("GET", path, params=params, retry_unavailable=True)
+            listed = page.get("obligations") if isinstance(page, dict) else None
+            if not isinstance(listed, list) or not all(isinstance(o, dict) for o in listed):
+                raise ProtocolError(f"GET {path}: an obligations page must hold `obligations`")
+            yield from listed
+            cursor = page.get("next")
+            if cursor is None:
+                return
+            if cursor == after:
+                raise ProtocolError(f"GET {path}: the page after {after!r} points to itself")
+            after = cursor
+
+    def purge(self, dataset: str, version: str | int, record_ids: Iterable[str]) -> PurgeResult:
+        """Purge records from a build (`record` scope); the receipt is verified.
+
+        Each record that has an open obligation fulfils it; the others are
+        voluntary removals. The receipt's `dataset.purged` entry must name this
+        build and the `purged_root` of exactly these record ids. Records that
+        are not members (or were purged already) make the ledger refuse the
+        whole purge (`ApiError` 422 naming them): nothing is purged then.
+        """
+        dataset, version = _build_name(dataset, version)
+        ids = [str(r) if isinstance(r, int) and not isinstance(r, bool) else r for r in record_ids]
+        if not ids or not all(isinstance(r, str) for r in ids):
+            raise ValueError("give at least one record id, each a string")
+        response = self._request(
+            "POST", _build_path(dataset, version) + "/purges", body={"record_ids": ids}
+        )
+        document = self._decode(response)
+        if not isinstance(document, dict):
+            raise ProtocolError("a purge's answer must be a JSON object")
+        try:
+            bundle = self.verify_bundle(document.get("receipt"))
+        except (VerificationError, ApiError) as exc:
+            exc.document = document  # the purge happened; here is what came back
+            raise
+        return check_purged(document, bundle, dataset=dataset, version=version, record_ids=ids)
+
+    def member_proof(self, dataset: str, version: str | int, record_id: str) -> MemberProof:
+        """Prove that a record is a member of a build (`read` scope), verified.
+
+        The proof's entry bundle is verified like any receipt (and, with
+        `verify_consistency`, against the trusted checkpoint), then the
+        member's leaf against the `members_root` it signs. Keep `document`:
+        `verify_member_proof(document, verifier_key)` checks it offline.
+        """
+        dataset, version = _build_name(dataset, version)
+        path = f"{_build_path(dataset, version)}/members/{_segment(record_id)}/proof"
+        document = self._json("GET", path)
+        entry = document.get("entry") if isinstance(document, dict) else None
+        bundle = self.verify_bundle(entry)
+        return member_proof(document, bundle, dataset=dataset, version=version, record_id=record_id)
+
     # --- plumbing ------------------------------------------------------------------------------
 
     def _receipt(self, document: Any, status: int) -> Receipt:
@@ -562,9 +932,7 @@ class ConsentLedgerClient:
     def _subject_path(self, subject_id: str) -> str:
         if not isinstance(subject_id, str) or not subject_id:
             raise ValueError("subject_id must be a non-empty string")
-        # Dots too: an unescaped "." or ".." segment would be resolved away by URL
-        # normalisation and the request would reach a different resource.
-        return "/v1/subjects/" + quote(subject_id, safe="").replace(".", "%2E")
+        return "/v1/subjects/" + _segment(subject_id)
 
     def _json(
         self,
@@ -646,57 +1014,111 @@ class ConsentLedgerClient:
             raise error
 
 
-def _parse_keys(
-    keys: str | VerifierKey | Sequence[str | VerifierKey],
-) -> list[VerifierKey]:
-    items: Sequence[str | VerifierKey] = [keys] if isinstance(keys, str | VerifierKey) else keys
-    parsed = []
-    for item in items:
-        if isinstance(item, VerifierKey):
-            parsed.append(item)
-            continue
-        try:
-            parsed.append(VerifierKey.parse(item.strip()))
-        except InvalidInput as exc:
-            raise ValueError(f"not a verifier key: {exc}") from None
-    if not parsed:
-        raise ValueError("at least one verifier key is needed")
-    return parsed
-
-
 def _without_none(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def _api_error(response: httpx.Response) -> ApiError:
-    problem: dict[str, Any] = {}
+class _ItemsFailed(Exception):
+    """The caller's build items raised while being sent: re-raised as they were, not as a
+    transport error."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _segment(value: str) -> str:
+    """A path segment holding `value`, whatever its characters."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a path segment must be a non-empty string, not {value!r}")
+    # Dots too: an unescaped "." or ".." segment would be resolved away by URL
+    # normalisation and the request would reach a different resource.
+    return quote(value, safe="").replace(".", "%2E")
+
+
+def _build_name(dataset: str, version: str | int) -> tuple[str, str]:
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(dataset, str) or not dataset or not isinstance(version, str) or not version:
+        raise ValueError(f"a build is a dataset name and a version, not {dataset!r}@{version!r}")
+    return dataset, version
+
+
+def _parse_build(text: str) -> tuple[str, str]:
+    """`posts-train@2` → ("posts-train", "2")."""
+    dataset, at, version = text.partition("@")
+    if not at:
+        raise ValueError(f"record must be NAME@VERSION, not {text!r}")
+    return _build_name(dataset, version)
+
+
+def _build_path(dataset: str, version: str) -> str:
+    return f"/v1/datasets/{_segment(dataset)}/versions/{_segment(version)}"
+
+
+def _ndjson(raw: bytes, url: str) -> dict[str, Any]:
     try:
-        parsed = orjson.loads(response.content)
-        if isinstance(parsed, dict):
-            problem = parsed
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"POST {url}: an answer line is not JSON: {raw[:200]!r}") from exc
+    if not isinstance(line, dict):
+        raise ProtocolError(f"POST {url}: an answer line is not an object: {raw[:200]!r}")
+    return line
+
+
+def _json_object(content: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(content)
     except orjson.JSONDecodeError:
-        pass
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    return _api_error_of(
+        _json_object(response.content),
+        response.status_code,
+        fallback=response.text.strip()[:500] or response.reason_phrase,
+        retry_after=response.headers.get("Retry-After"),
+        method=response.request.method,
+        url=str(response.request.url),
+    )
+
+
+def _api_error_of(
+    problem: dict[str, Any],
+    status: int | None,
+    *,
+    fallback: str | None = None,
+    retry_after: str | None = None,
+    method: str,
+    url: str,
+) -> ApiError:
+    """The error of an RFC 9457 problem: an HTTP answer's, or the last line of a stream
+    (`status` None: the problem's own, the answer's status was a success)."""
+    if status is None:
+        claimed = problem.get("status")
+        status = claimed if isinstance(claimed, int) and not isinstance(claimed, bool) else 500
     detail = problem.get("detail")
     if not isinstance(detail, str):
-        detail = response.text.strip()[:500] or response.reason_phrase
+        detail = fallback or str(problem.get("title") or f"HTTP {status}")
     errors = problem.get("errors")
-    retry_after = None
-    header = response.headers.get("Retry-After")
-    if header is not None:
+    seconds = None
+    if retry_after is not None:
         try:
-            retry_after = max(0.0, float(header))
+            seconds = max(0.0, float(retry_after))
         except ValueError:
-            retry_after = 1.0
-    cls = MissingScope if response.status_code == 403 else ApiError
+            seconds = 1.0
+    cls = MissingScope if status == 403 else ApiError
     return cls(
-        response.status_code,
+        status,
         detail,
         title=problem.get("title") if isinstance(problem.get("title"), str) else None,
         errors=errors if isinstance(errors, list) else None,
         problem=problem,
-        retry_after=retry_after,
-        method=response.request.method,
-        url=str(response.request.url),
+        retry_after=seconds,
+        method=method,
+        url=url,
     )
 
 

@@ -31,7 +31,7 @@ from consent_ledger_client._kernel.tlog import merkle
 from consent_ledger_client._kernel.tlog.notes import Checkpoint, Note, VerifierKey, open_checkpoint
 from consent_ledger_client.errors import VerificationError
 
-__all__ = ["ProofFetcher", "TrustedLog"]
+__all__ = ["ProofFetcher", "TrustedLog", "parse_verifier_keys"]
 
 ProofFetcher = Callable[[int, int], Sequence[bytes]]
 """Returns the RFC 9162 consistency proof between two tree sizes (old, new)."""
@@ -170,3 +170,22 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def parse_verifier_keys(
+    keys: str | VerifierKey | Sequence[str | VerifierKey],
+) -> list[VerifierKey]:
+    """The trust anchors: one verifier key or several (after a rotation), as text or parsed."""
+    items: Sequence[str | VerifierKey] = [keys] if isinstance(keys, str | VerifierKey) else keys
+    parsed = []
+    for item in items:
+        if isinstance(item, VerifierKey):
+            parsed.append(item)
+            continue
+        try:
+            parsed.append(VerifierKey.parse(item.strip()))
+        except InvalidInput as exc:
+            raise ValueError(f"not a verifier key: {exc}") from None
+    if not parsed:
+        raise ValueError("at least one verifier key is needed")
+    return parsed

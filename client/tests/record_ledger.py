@@ -1,4 +1,5 @@
-"""Record a real ledger's answers for the client's offline tests: writes `data/ledger.json`.
+"""Record a real ledger's answers for the client's offline tests: writes `data/ledger.json`
+and `data/datasets.json`.
 
 Needs the server, so it runs in the project's virtualenv, from the repository
 root: `.venv/bin/python client/tests/record_ledger.py`. It starts the API
@@ -7,6 +8,11 @@ offline tests replay) through the real client, and keeps every request and
 answer, keyed as `session.exchange_key` keys them. It adds every consistency
 proof between the sizes seen, a checkpoint of another history signed by the
 ledger's key, and a checkpoint of the right log signed by another key.
+
+`data/datasets.json` holds what a ledger answers about datasets (SPEC §7): a
+build's answer lines and its last line, obligation pages, a purge and member
+proofs, each the `to_json()` of the ledger's own result (the documents its API
+sends), made on another throwaway ledger.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ with warnings.catch_warnings():
 
 from api.app import create_app
 from consent_ledger_client import ConsentLedgerClient
-from ledger.service import ConsentLedger
+from ledger.consent.decisions import DecisionRequest
+from ledger.service import BuildItem, ConsentLedger
 from ledger.service.clients import create_client
 from ledger.service.keys import SigningKey
 from ledger.settings import Settings
@@ -37,7 +44,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import session  # noqa: E402  (this directory, as pytest's `pythonpath` has it)
 
 OUTPUT = Path(__file__).resolve().parent / "data" / "ledger.json"
+DATASETS = OUTPUT.with_name("datasets.json")
 ORIGIN = "recorded.example/ledger"
+# us-1, us-2: US opt-out defaults; de-1: GDPR, granted public posts; de-2: GDPR, never asked.
+DATASET_SUBJECTS = (("us-1", "US"), ("us-2", "US"), ("de-1", "DE"), ("de-2", "DE"))
+BUILD_ITEMS = [
+    ["post-1", "us-1", "content.public"],
+    ["post-2", "de-2", "content.public"],
+    ["post-3", "de-1", "content.public"],
+    ["post-4", "us-2", "content.private"],
+    ["post-5", "us-2", "content.public"],
+    ["post-6", "nobody", "content.public"],
+    ["post-7", "us-1", ["content.public", "profile"]],
+    ["post-8", "us-2", "no.such.category"],
+]
 
 
 class Recorder(httpx.BaseTransport):
@@ -112,11 +132,67 @@ def record(home: Path) -> dict[str, Any]:
         ledger.close()
 
 
+def record_datasets(home: Path) -> dict[str, Any]:
+    """A build of `BUILD_ITEMS` as posts-train@1 (and of three of them as @2), a
+    withdrawal that opens obligations, their pages, member proofs, then a purge."""
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'ledger.db'}")
+    ledger, _ = ConsentLedger.initialize(settings, origin=ORIGIN, actor="recorder")
+    actor = "recorder"
+    try:
+        for subject_id, jurisdiction in DATASET_SUBJECTS:
+            ledger.register_subject(subject_id, jurisdiction=jurisdiction, actor=actor)
+        ledger.record_consents(
+            "de-1", [DecisionRequest(category="content.public", decision="granted")], actor=actor
+        )
+        builds = {}
+        for version, items in (("1", BUILD_ITEMS), ("2", BUILD_ITEMS[:3])):
+            with ledger.dataset_recorder("posts-train", version, actor=actor) as recorder:
+                answers = recorder.check(
+                    [BuildItem(line, *item) for line, item in enumerate(items, start=1)]
+                )
+                builds[version] = {
+                    "items": items,
+                    "answers": [answer.to_json() for answer in answers],
+                    "last": recorder.finish().to_json(),
+                }
+        ledger.record_consents(
+            "us-1", [DecisionRequest(category="*", decision="withdrawn")], actor=actor
+        )
+        pages, after = [], None
+        while True:
+            page = ledger.obligations("posts-train", version="1", after=after, limit=1)
+            pages.append({"after": after, "page": page})
+            if page["next"] is None:
+                break
+            after = page["next"]
+        proofs = {
+            "post-3": ledger.member_proof("posts-train", "1", "post-3"),
+            "post-7": ledger.member_proof("posts-train", "1", "post-7"),
+            "other-build": ledger.member_proof("posts-train", "2", "post-3"),
+        }
+        purged = ["post-7", "post-5", "post-1"]
+        purge = ledger.purge_records("posts-train", "1", purged, actor=actor)
+        return {
+            "about": (
+                "What a real consent-ledger answers about datasets (SPEC §7), as its API "
+                "sends it; written by client/tests/record_ledger.py."
+            ),
+            "verifier_key": ledger.verifier_key(),
+            "builds": builds,
+            "obligation_pages": pages,
+            "proofs": proofs,
+            "purge": {"record_ids": purged, "answer": purge.to_json()},
+        }
+    finally:
+        ledger.close()
+
+
 def main() -> None:
-    with tempfile.TemporaryDirectory() as home:
-        document = record(Path(home))
     OUTPUT.parent.mkdir(exist_ok=True)
-    OUTPUT.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    for output, make in ((OUTPUT, record), (DATASETS, record_datasets)):
+        with tempfile.TemporaryDirectory() as home:
+            document = make(Path(home))
+        output.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 if __name__ == "__main__":
