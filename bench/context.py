@@ -55,6 +55,8 @@ class Scale:
     batch_passes: int  # P1: warm passes over the batches
     checks: int  # P2: single checks over HTTP (the bare baseline gets the same count)
     http_seconds: float  # P1/P2/P4: a load phase stops sending after this many seconds
+    dataset_members: int  # P9: members of each of the 10 builds
+    withdrawals: int  # P9: subjects withdrawn (and granted again) one after another
 
 
 SCALES = {
@@ -73,6 +75,8 @@ SCALES = {
         batch_passes=1,
         checks=2_000,
         http_seconds=30,
+        dataset_members=10_000,
+        withdrawals=10,
     ),
     "full": Scale(
         name="full",
@@ -89,6 +93,8 @@ SCALES = {
         batch_passes=3,
         checks=5_000,
         http_seconds=60,
+        dataset_members=1_000_000,
+        withdrawals=20,
     ),
 }
 
@@ -272,13 +278,22 @@ class Context:
         if "bulk" in self.cache:
             bulk: BenchLedger = self.cache["bulk"]
             return bulk
+        bulk = self.imported_ledger("bulk")
+        self.cache["bulk"] = bulk
+        return bulk
+
+    def imported_ledger(self, name: str) -> BenchLedger:
+        """A new ledger holding the bulk population: `consent-ledger import` of the bulk
+        CSV in a child process, its wall time and peak RSS in `info`."""
         path = self.csv(self.scale.import_rows)
-        bulk = self.new_ledger("bulk")
-        run = self.run_child([self.console_script(), "import", str(path), "--json"], env=bulk.env)
+        imported = self.new_ledger(name)
+        run = self.run_child(
+            [self.console_script(), "import", str(path), "--json"], env=imported.env
+        )
         if run.returncode != 0:
             raise RuntimeError(f"import failed ({run.returncode}): {run.stderr[-2000:]}")
         summary = run.json()
-        bulk.info.update(
+        imported.info.update(
             rows=self.scale.import_rows,
             seconds=run.seconds,
             max_rss_mb=run.max_rss_mb,
@@ -286,8 +301,7 @@ class Context:
             tree_size=summary["tree_size"],
             batches=summary["batches"],
         )
-        self.cache["bulk"] = bulk
-        return bulk
+        return imported
 
     def small_ledger(self) -> BenchLedger:
         """A log of at least `scale.small_log_entries` entries (P6's 10k baseline)."""

@@ -15,6 +15,7 @@ import time
 
 from pymerkle import InmemoryTree  # type: ignore[import-untyped]
 
+from bench import datasets
 from bench.apiload import (
     BATCH_CONNECTIONS,
     BATCH_ITEMS,
@@ -515,3 +516,105 @@ def p4_http_writes(ctx: Context) -> list[Result]:
             f"with verify_bundle; server peak RSS {stats['peak_rss_mb']:,.0f} MB",
         )
     ]
+
+
+# --- P9: datasets (last: `filter --record` adds builds to the bulk ledger) ---------------------
+
+
+@measurement("P9", "filter --record vs filter, bulk file")
+def p9_filter_record(ctx: Context) -> list[Result]:
+    """Figure: wall time of `consent-ledger filter FILE --out OUT --record posts-train@N
+    --json` of the bulk CSV (with a record_id column) against the bulk ledger, in a child
+    process. Baseline: the same command without --record, same file, same ledger.
+    Target: ratio ≤ 1.3."""
+    bulk = ctx.bulk_ledger()
+    rows = bulk.info["rows"]
+    pairs = 1 if rows >= 100_000 else ctx.scale.repeats
+    stats = datasets.filter_runs(ctx, bulk, pairs)
+    recorded, plain = median(stats["recorded"]), median(stats["plain"])
+    return [
+        Result(
+            key="P9",
+            what=f"`consent-ledger filter --record {datasets.DATASET}@N` of {rows:,} CSV rows "
+            f"({stats['kept']:,} kept and recorded as members)",
+            unit="s",
+            figure=recorded,
+            baseline=plain,
+            baseline_what="`consent-ledger filter` of the same file (without --record), "
+            "same ledger",
+            target=Target(ratio_max=1.3, text="ratio ≤ 1.3"),
+            runs=f"{runs_text(pairs)} each (CLI wall time, start-up included), alternating",
+            note=f"{rows / recorded:,.0f} rows/s with --record, {rows / plain:,.0f} without; "
+            f"peak RSS {stats['recorded_rss_mb']:,.0f} MB with, {stats['plain_rss_mb']:,.0f} MB "
+            f"without; every run kept the same {stats['kept']:,} rows",
+        )
+    ]
+
+
+@measurement("P9", "obligations listed after a withdrawal, 10 builds")
+def p9_obligations(ctx: Context) -> list[Result]:
+    """Figure: latency of listing a dataset's open obligations after one subject withdrew,
+    among 10 builds × `scale.dataset_members` members: over HTTP (GET
+    /v1/datasets/posts-train/obligations?status=open, `read` key, a real server) and
+    in-process (`ConsentLedger.obligations`). Baselines: the in-process listing (for HTTP),
+    and a bare indexed SQL query of the same rows (for in-process). Target: ≤ 50 ms."""
+    stats = datasets.listing_load(ctx)
+    builds = datasets.recorded_builds(ctx)
+    members = len(builds.owners)
+    after, before = stats["after"], stats["before"]
+    ms, p99 = datasets.ms, datasets.p99_ms
+    setup = sum(builds.seconds)
+    what = (
+        f"open obligations of `{datasets.DATASET}` listed after one subject withdrew "
+        f"({median(stats['obligations']):.0f} obligations), {datasets.BUILDS} builds × "
+        f"{members:,} members"
+    )
+    samples = len(after["in-process"])
+    runs = (
+        f"median of {samples}: {stats['rounds']} subjects withdrawn one after another, "
+        f"{datasets.LISTINGS} listings of each kind per withdrawal, interleaved"
+    )
+    in_process = Result(
+        key="P9",
+        what=f"{what}: in-process `ConsentLedger.obligations`",
+        unit="ms",
+        figure=ms(after["in-process"]),
+        baseline=ms(after["sql"]),
+        baseline_what="one bare indexed SQL query for the same rows (builds by name, their "
+        "open obligations by (build, status, id)), DBAPI tuples, same process",
+        target=Target(maximum=50, text="≤ 50 ms"),
+        runs=runs,
+        note=f"p99 {p99(after['in-process']):.2f} ms (SQL p99 {p99(after['sql']):.2f} ms); "
+        f"the same listing before each withdrawal (nothing open): "
+        f"{ms(before['in-process']):.2f} ms; withdrawal write (opens the obligations inline): "
+        f"p50 {ms(stats['withdraw']):.1f} ms, max {max(stats['withdraw']) * 1000:.1f} ms; "
+        f"granting again (cancels them) p50 {ms(stats['grant']):.1f} ms; "
+        f"withdrawal of a subject with no members p50 {ms(stats['plain']):.1f} ms; "
+        f"setup: the import {builds.import_seconds:.0f} s, then 10 builds recorded in "
+        f"{setup:.0f} s ({members * datasets.BUILDS / setup:,.0f} members/s; first "
+        f"{builds.seconds[0]:.1f} s, last {builds.seconds[-1]:.1f} s), owners drawn from "
+        f"the {builds.eligible:,} subjects `{datasets.CATEGORY}` is eligible for",
+    )
+    if not stats["http"]:
+        over_http = Result(
+            key="P9",
+            what=f"{what}: over HTTP",
+            status="not built yet",
+            note=f"{datasets.OBLIGATIONS_ROUTE} is being built on branch api-datasets",
+        )
+    else:
+        over_http = Result(
+            key="P9",
+            what=f"{what}: over HTTP (GET …/obligations?status=open)",
+            unit="ms",
+            figure=ms(after["http"]),
+            baseline=ms(after["in-process"]),
+            baseline_what="the same listing in-process (the row below)",
+            target=Target(maximum=50, text="≤ 50 ms"),
+            runs=runs + "; 1 keep-alive connection",
+            note=f"p99 {p99(after['http']):.2f} ms; first listing after each withdrawal "
+            f"p50 {ms(stats['first_http']):.2f} ms; before each withdrawal (nothing open) "
+            f"{ms(before['http']):.2f} ms; answers that differ from in-process: "
+            f"{stats['differ']}; server peak RSS {stats['peak_rss_mb']:,.0f} MB",
+        )
+    return [over_http, in_process]
