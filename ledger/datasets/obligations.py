@@ -251,7 +251,9 @@ class Maintenance:
                     col(DatasetObligation.due),
                 ).where(col(DatasetObligation.id).in_(chunk))
             ):
-                stated[int(row[0])] = tuple(row[1:])
+                identity, *terms = row
+                if identity is not None:
+                    stated[identity] = tuple(terms)
         changed = []
         for member, status in kept:
             assert member.obligation is not None
