@@ -15,13 +15,13 @@ Every function here runs inside a write transaction (the write lock is held).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -54,7 +54,7 @@ POLICY_CHUNK = 5_000
 INLINE_POLICY_BUDGET = 20_000
 
 _POLICY = EntryKind.POLICY_PUBLISHED.value
-_policies_by_seq: dict[int, Policy] = {}
+_policies_by_digest: dict[bytes, Policy] = {}
 
 
 @dataclass
@@ -201,6 +201,7 @@ class Maintenance:
         statuses: dict[tuple[str, int, str], MemberStatus] = {}
         opened: list[tuple[_Member, MemberStatus]] = []
         cancelled: list[_Member] = []
+        kept: list[tuple[_Member, MemberStatus]] = []
         for member in members:
             key = (member.ref, member.build, member.category)
             status = statuses.get(key)
@@ -216,14 +217,57 @@ class Maintenance:
                 opened.append((member, status))
             elif status.eligible and member.obligation is not None:
                 cancelled.append(member)
-        self._open(opened)
+            elif not status.eligible:
+                kept.append((member, status))
+        # An open obligation states what `member_course` said when it was opened. That
+        # can only differ now if an entry arrived dated before an instant already swept
+        # (clocks of several writers): then the stated cause is replaced, so that the
+        # table stays equal to the function of the log and the instant.
+        for member, status in self._restated(kept):
+            cancelled.append(member)
+            opened.append((member, status))
         self._cancel(cancelled)
+        self._open(opened)
         wakeups = [
             {"ref": ref, "at": instant}
             for ref, history in histories.items()
             for instant in sorted(future_instants(history, self.now))
         ]
         insert_wakeups(session, wakeups)
+
+    def _restated(
+        self, kept: list[tuple[_Member, MemberStatus]]
+    ) -> list[tuple[_Member, MemberStatus]]:
+        """Those of `kept` whose open obligation states another cause than `status`."""
+        stated: dict[int, tuple[Any, ...]] = {}
+        ids = [member.obligation for member, _ in kept if member.obligation is not None]
+        for chunk in in_chunks(ids):
+            for row in self.session.execute(
+                select(
+                    col(DatasetObligation.id),
+                    col(DatasetObligation.reason),
+                    col(DatasetObligation.cause),
+                    col(DatasetObligation.cause_time),
+                    col(DatasetObligation.due),
+                ).where(col(DatasetObligation.id).in_(chunk))
+            ):
+                identity, *terms = row
+                if identity is not None:
+                    stated[identity] = tuple(terms)
+        changed = []
+        for member, status in kept:
+            assert member.obligation is not None
+            assert status.cause_time is not None
+            assert status.policy is not None
+            due = due_time(status.cause_time, status.policy.purge_within)
+            if stated.get(member.obligation) != (
+                status.reason,
+                status.cause,
+                status.cause_time,
+                due,
+            ):
+                changed.append((member, status))
+        return changed
 
     def _open(self, opened: list[tuple[_Member, MemberStatus]]) -> None:
         if not opened:
@@ -307,9 +351,12 @@ def published_policies(session: Session, size: int) -> list[PublishedPolicy]:
         .order_by(col(LogEntryRow.seq))
     ):
         body = orjson.loads(canonical)
-        policy = _policies_by_seq.get(seq)
+        # By the entry's hash, not its seq: one process may serve several ledgers (tests,
+        # tools), whose entry 1 are different policies.
+        digest = hashlib.sha256(canonical).digest()
+        policy = _policies_by_digest.get(digest)
         if policy is None:
-            policy = _policies_by_seq[seq] = Policy.from_document(body["data"]["policy"])
+            policy = _policies_by_digest[digest] = Policy.from_document(body["data"]["policy"])
         found.append(PublishedPolicy(seq, body["time"], policy))
     return found
 
@@ -364,11 +411,16 @@ def insert_wakeups(session: Session, wakeups: list[dict[str, Any]]) -> None:
         return
     table = DatasetWakeup.__table__  # type: ignore[attr-defined]
     dialect = session.get_bind().dialect.name
+    # Imported here: the PostgreSQL dialect's modules cost every command 40 ms at start-up.
     statement: Any
     if dialect == "postgresql":
-        statement = postgresql.insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        statement = postgresql_insert(table).on_conflict_do_nothing()
     else:
-        statement = sqlite.insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table).on_conflict_do_nothing()
     session.execute(statement, wakeups)
 
 
