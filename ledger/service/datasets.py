@@ -230,7 +230,6 @@ class BuildRecorder:
         # Instants after the build's `at` at which a member's subject's answers change
         # by themselves: obligations must be looked at then (or now, if passed).
         self._instants: set[tuple[str, str]] = set()
-        self._scanned: set[str] = set()
 
     def __enter__(self) -> BuildRecorder:
         return self
@@ -276,6 +275,9 @@ class BuildRecorder:
         dropped = summary.dropped
         refs = batch.refs
         assert refs is not None
+        # Per chunk, not per build: a build-long set of a million refs would cost more
+        # memory than scanning a subject's few decisions again in a later chunk.
+        scanned: set[str] = set()
         for parsed in prepared:
             if isinstance(parsed, ItemError):
                 summary.errors += 1
@@ -298,7 +300,8 @@ class BuildRecorder:
             if eligible:
                 subject = str(item.subject_id)
                 ref = refs[subject]
-                if ref not in self._scanned:
+                if ref not in scanned:
+                    scanned.add(ref)
                     self._scan(batch, subject, ref)
                 spool((record_id, ref, stored_categories, item.line))
                 summary.records += 1
@@ -328,8 +331,7 @@ class BuildRecorder:
 
     def _scan(self, batch: CheckBatch, subject_id: str, ref: str) -> None:
         """Note the instants after the build's `at` at which this member's subject's
-        answers change by themselves (once per subject and build)."""
-        self._scanned.add(ref)
+        answers change by themselves."""
         assert batch.decisions is not None
         at = self.summary.at
         for decision in batch.decisions.get(subject_id, ()):
