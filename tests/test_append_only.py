@@ -11,10 +11,11 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger.consent.decisions import DecisionRequest
 from ledger.demo import write_csv
-from ledger.service import ConsentLedger
+from ledger.service import BuildItem, ConsentLedger
 from ledger.store.schema import (
     APPEND_ONLY_TABLES,
     CheckpointRow,
+    DatasetLeaves,
     LogEntryRow,
     MerkleNode,
     MerkleTile,
@@ -27,6 +28,7 @@ MODELS = {
     "merkle_nodes": MerkleNode,
     "merkle_tiles": MerkleTile,
     "checkpoints": CheckpointRow,
+    "dataset_leaves": DatasetLeaves,
 }
 
 # Per table: an UPDATE of one row and of every row, and a DELETE of one row and of every
@@ -57,6 +59,13 @@ STATEMENTS: dict[str, dict[str, str]] = {
         "(SELECT MAX(tree_size) FROM checkpoints)",
         "DELETE all": "DELETE FROM checkpoints",
     },
+    # A build's leaf hashes are kept for good: `members_root` stays recomputable (SPEC §7.1).
+    "dataset_leaves": {
+        "UPDATE one": "UPDATE dataset_leaves SET hashes = :forged WHERE chunk = 0",
+        "UPDATE all": "UPDATE dataset_leaves SET root = root",
+        "DELETE one": "DELETE FROM dataset_leaves WHERE chunk = 1",
+        "DELETE all": "DELETE FROM dataset_leaves",
+    },
 }
 CASES = [
     pytest.param(table, statement, id=f"{table}-{name.replace(' ', '-')}")
@@ -68,7 +77,7 @@ CASES = [
 @pytest.fixture
 def busy_ledger(ledger: ConsentLedger, tmp_path: Path) -> ConsentLedger:
     """A ledger with a few appends beyond genesis, so every table has several rows (an
-    import of 300 rows completes a tile)."""
+    import of 300 rows completes a tile; a build of 300 records fills two leaf chunks)."""
     ledger.import_file(write_csv(tmp_path / "consents.csv", 300), actor=ACTOR)
     ledger.register_subject("alice", jurisdiction="US", actor=ACTOR)
     ledger.record_consents(
@@ -77,6 +86,12 @@ def busy_ledger(ledger: ConsentLedger, tmp_path: Path) -> ConsentLedger:
         actor=ACTOR,
     )
     ledger.rotate_key(actor=ACTOR)
+    # A build of 300 of alice's posts: two chunks of leaves (256 and 44).
+    with ledger.dataset_recorder("posts", "1", actor=ACTOR) as recorder:
+        recorder.check(
+            [BuildItem(n, f"post-{n:03}", "alice", "content.public") for n in range(300)]
+        )
+        assert recorder.finish().summary.records == 300
     return ledger
 
 

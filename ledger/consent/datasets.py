@@ -245,22 +245,31 @@ def member_course(
     last change from eligible to not eligible is the cause. `policies` and
     `subject_entries` are in seq order.
     """
+    # An entry appended after the check counts from its time, or from the build's `at`
+    # if it is dated before that (a build checked as of an older tree size).
+    start = terms.at
+
+    def since(time: str) -> str:
+        return time if time > start else start
+
     instants: set[str] = set()
     for published in policies:
         if published.seq >= terms.checked_at:
-            instants.add(published.time)
+            instants.add(since(published.time))
     decisions: dict[int, Mapping[str, Any]] = {}
     for entry in subject_entries:
         if entry.seq >= terms.checked_at:
-            instants.add(entry.time)
+            instants.add(since(entry.time))
         if entry.kind == EntryKind.CONSENT_RECORDED:
             decisions[entry.seq] = entry.data
             instants.add(entry.data["effective"])
             if entry.data["expires"] is not None:
                 instants.add(entry.data["expires"])
-    previous = terms.at  # the last instant at which it was eligible
+    # `start` itself only if something appended since the check counts from it: then the
+    # answer at `start` is no longer the one the build was checked to.
+    previous = start  # the last instant at which it was eligible
     stopped: tuple[str, str, Eligibility, Policy, str] | None = None
-    for instant in sorted(t for t in instants if terms.at < t <= now):
+    for instant in sorted(t for t in instants if start <= t <= now):
         answer, policy, category = _answer(policies, subject_entries, categories, terms, instant)
         if answer.eligible:
             previous, stopped = instant, None
@@ -271,8 +280,10 @@ def member_course(
     previous, instant, answer, policy, category = stopped
     if answer.reason in _DECIDED:
         return MemberStatus(False, answer.reason, answer.decided_by, instant, policy)
-    appended = [p.seq for p in policies if p.seq >= terms.checked_at and p.time == instant]
-    appended += [e.seq for e in subject_entries if e.seq >= terms.checked_at and e.time == instant]
+    appended = [p.seq for p in policies if p.seq >= terms.checked_at and since(p.time) == instant]
+    appended += [
+        e.seq for e in subject_entries if e.seq >= terms.checked_at and since(e.time) == instant
+    ]
     if appended:
         return MemberStatus(False, answer.reason, max(appended), instant, policy)
     # Nothing was appended then: the decision that allowed the category now refused

@@ -214,6 +214,12 @@ class BuildRecorder:
         version = validate_version(version)
         service.refuse_recorded(dataset, version)
         header = service.checker.check_many([], purpose=purpose, as_of=as_of, at=at)
+        if header.at > format_timestamp(utc_now()):
+            # Its members' obligations run from the instant they were checked at: one
+            # that has not come yet would leave every withdrawal until then unowed.
+            raise InvalidInput(
+                f"a build is checked at an instant that has come, not {header.at}", field="at"
+            )
         policy = service.reads.current_policy()
         self.purpose = policy.check_purpose(purpose or DEFAULT_PURPOSE, field="purpose")
         self.summary = BuildSummary(

@@ -120,7 +120,14 @@ class PolicyVersion(SQLModel, table=True):
     document: str = Field(sa_column=Column(Text, nullable=False))
 
 
-APPEND_ONLY_TABLES = ("log_entries", "merkle_nodes", "merkle_tiles", "checkpoints")
+# Tables the database refuses to change or empty (triggers, migrations 0001, 0005 and 0006).
+APPEND_ONLY_TABLES = (
+    "log_entries",
+    "merkle_nodes",
+    "merkle_tiles",
+    "checkpoints",
+    "dataset_leaves",
+)
 
 
 class ImportProgress(SQLModel, table=True):

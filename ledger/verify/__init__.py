@@ -23,6 +23,11 @@ chunks; steps 1-3 run chunk by chunk, in that order, the rest at the end:
 7. External checkpoints (saved earlier elsewhere): each is signed by a key of
    this log and its root equals the root recomputed at its size, which proves
    the log has not been rolled back, truncated or forked since.
+8. Datasets (`datasets.py`): every build's stored leaves give the `members_root`
+   its entry signs, every live member is the leaf at its position and was eligible
+   when recorded, and the purge obligations are exactly what the log gives at the
+   instant the tables claim to be exact at (SPEC §7). It runs last: it trusts the
+   build and removal rows step 2 checked, and it is the costliest per row.
 
 Every table is read as plain DBAPI tuples through one ordered cursor each
 (server-side on PostgreSQL), so the cost is the parsing and hashing, not the
@@ -59,6 +64,7 @@ from ledger.tlog.notes import (
     open_checkpoint,
     verify_note_signatures,
 )
+from ledger.verify.datasets import check_datasets, count_members
 from ledger.verify.rows import OrderedRows
 from ledger.verify.tree import check_stored_tree
 
@@ -75,6 +81,8 @@ class VerifyReport:
     subjects: int
     root: str
     external_checkpoints: list[int] = field(default_factory=list)
+    datasets: int = 0  # builds checked
+    members: int = 0  # live members checked
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +159,8 @@ class _Verifier:
             raise NotInitialized("no ledger in this database: run `consent-ledger init`")
         last_seq = self.conn.exec_driver_sql("SELECT MAX(seq) FROM log_entries").scalar()
         total = 0 if last_seq is None else int(last_seq) + 1
+        # Progress counts entries, then dataset members (step 8).
+        members = count_members(self.conn)
         externals = [
             self._parse_external(position, note)
             for position, note in enumerate(self.external_notes)
@@ -184,7 +194,7 @@ class _Verifier:
                 for row in checkpoints.below(self.size + 1):
                     self._check_checkpoint(*row)
                 if self.progress:
-                    self.progress(self.size, max(total, self.size))
+                    self.progress(self.size, max(total, self.size) + members)
             for tree_size, _, _ in checkpoints.below(None):
                 raise VerificationError(
                     f"signs a tree of size {tree_size} but the log has only {self.size} "
@@ -203,6 +213,7 @@ class _Verifier:
         self._check_head(state)
         for position, checkpoint in externals:
             self._check_external(position, checkpoint)
+        datasets = check_datasets(self.session, self.size, self._members_progress(members))
         return VerifyReport(
             origin=self.origin,
             entries=self.size,
@@ -210,7 +221,15 @@ class _Verifier:
             subjects=subjects,
             root=b64(self._root(self.size)),
             external_checkpoints=[checkpoint.size for _, checkpoint in externals],
+            datasets=datasets.builds,
+            members=datasets.members,
         )
+
+    def _members_progress(self, members: int) -> Callable[[int], None] | None:
+        progress, entries = self.progress, self.size
+        if progress is None:
+            return None
+        return lambda done: progress(entries + done, entries + members)
 
     # 1. entries -----------------------------------------------------------------------------
 
