@@ -40,6 +40,7 @@ from ledger.consent.eligibility import Decision, SubjectState, evaluate_eligibil
 from ledger.consent.policy import Policy, default_policy
 from ledger.errors import InvalidInput, NotFound, VerificationError
 from ledger.service import BuildItem, ConsentLedger
+from ledger.service import builds as service_builds
 from ledger.service import checker as service_checker
 from ledger.service import datasets as service_datasets
 from ledger.service import reads as service_reads
@@ -685,7 +686,7 @@ def clocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> C
     if request.param == "ahead":
         return lambda: Clock(utc_now() + timedelta(days=1), ticking=False)
     current: list[Clock] = []
-    for module in (tlog_log, service_checker, service_datasets, service_reads):
+    for module in (tlog_log, service_checker, service_builds, service_datasets, service_reads):
         monkeypatch.setattr(module, "utc_now", lambda: current[-1].read())
 
     def start() -> Clock:

@@ -6,8 +6,8 @@
 with `policies`, `subjectcache`, `groupcommit` and `keys` beneath them.
 """
 
+from ledger.service.builds import BuildItem, BuildRecorder, ItemAnswer, ItemError, RecordedBuild
 from ledger.service.clients import NOT_CACHED, SCOPES, Client
-from ledger.service.datasets import BuildItem, BuildRecorder, ItemAnswer, ItemError, RecordedBuild
 from ledger.service.head import HeadSnapshot
 from ledger.service.ledger import ConsentLedger, cli_actor
 from ledger.service.reads import LogSnapshot
