@@ -37,11 +37,14 @@ from ledger.tlog.merkle import (
     inclusion_proof_keys,
     leaf_hash,
     node_hash,
+    range_node_keys,
+    range_proof,
     root_node_keys,
     tile_of,
     tree_root,
     verify_consistency,
     verify_inclusion,
+    verify_range,
 )
 
 # --------------------------------------------------------------------------
@@ -742,3 +745,72 @@ def test_a_tile_holds_its_levels_bottom_up() -> None:
 def test_growth_refuses_a_ragged_leaf_string() -> None:
     with pytest.raises(InvalidInput, match="32-byte units"):
         Growth(0, (), b"\x00" * 33)
+
+
+# --- range proofs: a run of leaves proven at once (the change feed's pages) ----------------
+
+
+@st.composite
+def leaf_range(draw: st.DrawFn) -> tuple[int, int, int]:
+    size = draw(st.integers(1, MAX_SIZE))
+    start = draw(st.integers(0, size - 1))
+    return start, draw(st.integers(start + 1, size)), size
+
+
+def test_range_node_keys_are_aligned_and_cover_the_range_exactly() -> None:
+    for start in range(70):
+        for end in range(start, 70):
+            keys = range_node_keys(start, end)
+            position = start
+            for level, index in keys:
+                assert index << level == position, (start, end, keys)
+                position += 1 << level
+            assert position == end
+
+
+@_given_settings
+@given(leaf_range())
+def test_range_proof_with_its_leaves_gives_the_root(
+    big_tree: MemoryTree, reference: ReferenceTree, case: tuple[int, int, int]
+) -> None:
+    start, end, size = case
+    leaves = [reference.mth(i, i + 1) for i in range(start, end)]
+    proof = range_proof(big_tree, start, end, size)
+    verify_range(start, leaves, size, proof, reference.mth(0, size))
+
+
+@_given_settings
+@given(leaf_range(), st.data())
+def test_tampered_range_proofs_leaves_and_positions_fail(
+    big_tree: MemoryTree, reference: ReferenceTree, case: tuple[int, int, int], data: st.DataObject
+) -> None:
+    start, end, size = case
+    root = reference.mth(0, size)
+    leaves = [reference.mth(i, i + 1) for i in range(start, end)]
+    proof = range_proof(big_tree, start, end, size)
+    other = leaf_hash(b"not in the log")
+    swapped = list(leaves)
+    swapped[data.draw(st.integers(0, len(leaves) - 1))] = other
+    with pytest.raises(VerificationError):
+        verify_range(start, swapped, size, proof, root)
+    if proof:
+        forged = list(proof)
+        forged[data.draw(st.integers(0, len(proof) - 1))] = other
+        with pytest.raises(VerificationError):
+            verify_range(start, leaves, size, forged, root)
+    # The same leaves claimed at another position, or with one left out, do not verify.
+    if start > 0:
+        with pytest.raises(VerificationError):
+            verify_range(start - 1, leaves, size, proof, root)
+    if len(leaves) > 1:
+        with pytest.raises(VerificationError):
+            verify_range(start, leaves[:-1], size, proof, root)
+
+
+def test_range_proof_rejects_empty_and_impossible_ranges(big_tree: MemoryTree) -> None:
+    with pytest.raises(InvalidInput):
+        range_proof(big_tree, 3, 3, 10)
+    with pytest.raises(InvalidInput):
+        range_proof(big_tree, 5, 11, 10)
+    with pytest.raises(VerificationError, match="not a non-empty range"):
+        verify_range(0, [], 4, [], EMPTY_ROOT)
