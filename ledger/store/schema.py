@@ -16,7 +16,16 @@ these models describe it for queries.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, SmallInteger, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -233,6 +242,8 @@ class DatasetObligation(SQLModel, table=True):
     __table_args__ = (
         Index("ix_dataset_obligations_build_status", "build", "status", "id"),
         Index("ix_dataset_obligations_build_position", "build", "position"),
+        # The change feed lists the obligations each entry opened (migration 0007).
+        Index("ix_dataset_obligations_cause", "cause"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
@@ -276,3 +287,52 @@ class DatasetState(SQLModel, table=True):
     policy_job: int | None = Field(default=None, sa_column=Column(BigInteger))
     job_build: int | None = Field(default=None, sa_column=Column(BigInteger))
     job_record: str | None = Field(default=None, sa_column=Column(String(256)))
+
+
+# --- webhooks (SPEC §8) -------------------------------------------------------------------
+# Operational state, outside the log and not derived from it: where each endpoint is,
+# how far it has acknowledged the feed, the batch being delivered to it, and which
+# process delivers. No secrets: an endpoint's signing secret is derived from a secret in
+# HOME whenever it is needed.
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    __tablename__ = "webhook_endpoints"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    url: str = Field(sa_column=Column(String(2048), nullable=False))
+    # Comma-separated entry kinds; empty: every kind.
+    kinds: str = Field(sa_column=Column(String(1024), nullable=False))
+    created: str = Field(sa_column=Column(String(32), nullable=False))
+    # The tree size delivered through: every event below it was acknowledged (2xx).
+    cursor: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class WebhookBatch(SQLModel, table=True):
+    """The batch an endpoint is being sent: at most one per endpoint, deleted once
+    acknowledged. Its bounds are fixed at the first attempt, so that every attempt,
+    before or after a restart, carries the same events and the same webhook-id."""
+
+    __tablename__ = "webhook_batches"
+
+    endpoint: str = Field(sa_column=Column(String(64), primary_key=True))
+    from_cursor: int = Field(sa_column=Column(BigInteger, nullable=False))
+    first_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    next_cursor: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created: str = Field(sa_column=Column(String(32), nullable=False))
+    attempts: int = Field(sa_column=Column(Integer, nullable=False))
+    first_failure: str | None = Field(default=None, sa_column=Column(String(32)))
+    next_attempt: str | None = Field(default=None, sa_column=Column(String(32)))
+    last_error: str | None = Field(default=None, sa_column=Column(String(512)))
+
+
+class WebhookLease(SQLModel, table=True):
+    """The one row that elects the webhook deliverer (`ledger.service.webhooks`)."""
+
+    __tablename__ = "webhook_lease"
+
+    id: int = Field(default=1, primary_key=True)
+    holder: str | None = Field(default=None, sa_column=Column(String(128)))
+    # Milliseconds since the epoch by the database's clock.
+    expires: int = Field(sa_column=Column(BigInteger, nullable=False))
