@@ -34,6 +34,39 @@ class Settings(BaseSettings):
         description="Seconds between sweeps of purge obligations while `serve` runs "
         "(decisions taking effect or expiring, a policy's re-evaluation); 0 turns it off.",
     )
+    webhook_delivery: bool = Field(
+        default=True,
+        description="Deliver webhooks from `serve` (one deliverer across every worker and "
+        "instance on the database, elected by a lease); off when `consent-ledger webhooks "
+        "run` delivers them instead.",
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Delay before the first retry of a failed webhook delivery; each further "
+        "retry waits twice as long, up to `webhook_retry_cap_seconds`.",
+    )
+    webhook_retry_cap_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="The longest wait between two attempts of a webhook delivery; retries go "
+        "on at this interval until the endpoint answers (no event is ever dropped).",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long one webhook delivery may take."
+    )
+    webhook_batch_events: int = Field(
+        default=500, ge=1, le=10_000, description="Events per webhook delivery, at most."
+    )
+    webhook_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long the elected webhook deliverer's lease lasts unless renewed "
+        "(renewed every third of it); another process takes over once it expires.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often the webhook deliverer looks for new entries."
+    )
     subject_cache_mb: int = Field(
         default=160,
         ge=0,

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy
+from ledger.service import changes_shim
 from ledger.service.checker import Checker
 from ledger.service.clients import ApiClients, Client
 from ledger.service.datasets import DatasetService
@@ -27,6 +28,8 @@ from ledger.service.policies import PolicyCache
 from ledger.service.reads import LogSnapshot, ReadModel
 from ledger.service.signer import Signer
 from ledger.service.views import SubjectView
+from ledger.service.webhook_delivery import TestDelivery, WebhookDeliverer, send_test
+from ledger.service.webhooks import Endpoint, WebhookStore
 from ledger.service.writer import IdempotencyKey, Writer
 from ledger.settings import Settings
 from ledger.store.db import make_engine
@@ -86,6 +89,11 @@ class ConsentLedger:
         self.member_proof = self._datasets.member_proof
         self.obligations = self._datasets.obligations
         self.subject_datasets = self._datasets.subject_datasets
+        # Webhooks (SPEC §8): endpoints and their delivery state.
+        self._webhooks = WebhookStore(self._engine)
+        self.webhooks = self._webhooks.list_all
+        self.webhook = self._webhooks.get
+        self.remove_webhook = self._webhooks.remove
 
     @property
     def engine(self) -> Engine:
@@ -242,6 +250,49 @@ class ConsentLedger:
             trusted_key=trusted_key,
             progress=progress,
         )
+
+    # --- the change feed and webhooks ---------------------------------------------------
+
+    def changes(
+        self, after: int, limit: int = 1000, *, kinds: frozenset[str] | None = None
+    ) -> changes_shim.ChangePage:
+        # TEMPORARY: the lead's feed replaces this when main is merged.
+        return changes_shim.changes(self._reads, after, limit, kinds=kinds)
+
+    def add_webhook(
+        self, name: str, url: str, events: Sequence[str] = (), *, after: int | None = None
+    ) -> tuple[Endpoint, str]:
+        """Add a webhook endpoint for the entry kinds `events` (none: all), sent the events
+        from tree size `after` on (default: from now); return it and its signing secret."""
+        endpoint = self._webhooks.add(name, url, events, after=after)
+        return endpoint, self._signer.webhook_secret(endpoint.name, endpoint.created)
+
+    def webhook_secret(self, name: str) -> str:
+        """The endpoint's signing secret (`whsec_…`), derived from a secret in HOME."""
+        endpoint = self._webhooks.get(name)
+        return self._signer.webhook_secret(endpoint.name, endpoint.created)
+
+    def test_webhook(self, name: str) -> TestDelivery:
+        """Send the endpoint one signed `consent-ledger.test` delivery now."""
+        endpoint = self._webhooks.get(name)
+        secret = self._signer.webhook_secret(endpoint.name, endpoint.created)
+        return send_test(endpoint, secret, self.checkpoint(), self.settings)
+
+    def webhook_deliverer(self, *, holder: str | None = None) -> WebhookDeliverer:
+        """The webhook deliverer of this process: `await deliverer.run()` contends for the
+        lease and delivers while it holds it, until cancelled."""
+        return WebhookDeliverer(
+            self._webhooks,
+            self.changes,
+            self._head.tree_size,
+            lambda endpoint: self._signer.webhook_secret(endpoint.name, endpoint.created),
+            self.settings,
+            holder=holder,
+        )
+
+    async def deliver_webhooks(self) -> None:
+        """Deliver webhooks whenever this process is the elected deliverer, until cancelled."""
+        await self.webhook_deliverer().run()
 
     # --- API clients ---------------------------------------------------------------------
 

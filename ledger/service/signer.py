@@ -7,6 +7,10 @@ stages the keys that `init` and `keys rotate` announce.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 from sqlalchemy import Engine
 
 from ledger.errors import Conflict, SigningKeyError
@@ -16,10 +20,11 @@ from ledger.store.db import read_session
 from ledger.tlog import log
 
 ERASURE_SECRET = "erasure"
+WEBHOOK_SECRET = "webhooks"
 
 
 class Signer:
-    """Loads, stages and rotates the signing key; hands out the erasure secret."""
+    """Loads, stages and rotates the signing key; hands out the erasure and webhook secrets."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
@@ -87,3 +92,15 @@ class Signer:
     def erasure_secret(self) -> bytes:
         """The secret erased subject ids are hashed with (kept in HOME, never in the database)."""
         return self._keys.secret(ERASURE_SECRET)
+
+    def webhook_secret(self, endpoint: str, created: str) -> str:
+        """The signing secret of the webhook endpoint `endpoint` added at `created`
+        (Standard Webhooks form, `whsec_` + base64 of 32 bytes).
+
+        Derived, never stored: HMAC-SHA256 under a secret in HOME of the endpoint's name
+        and creation time, so every instance that shares HOME signs alike, a database dump
+        reveals none, and removing and adding an endpoint again gives it a new secret.
+        """
+        message = f"webhook:{endpoint}:{created}".encode()
+        derived = hmac.new(self._keys.secret(WEBHOOK_SECRET), message, hashlib.sha256).digest()
+        return "whsec_" + base64.b64encode(derived).decode("ascii")

@@ -136,6 +136,19 @@ def write_session(engine: Engine) -> Iterator[Session]:
 
 
 @contextmanager
+def state_session(engine: Engine) -> Iterator[Session]:
+    """A write transaction on operational state outside the log (webhook cursors, the
+    webhook deliverer's lease), committed when the block ends normally.
+
+    On PostgreSQL it does not take the ledger's write lock, so it never waits for an
+    append (nor an append for it); on SQLite every write holds the database's lock anyway.
+    """
+    bound = engine.execution_options(**{_WRITE: True})
+    with translated_errors(), Session(bound, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+@contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
     """A read-only transaction: one consistent snapshot for everything read in it."""
     with translated_errors(), Session(engine, expire_on_commit=False) as session, session.begin():
