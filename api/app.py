@@ -174,11 +174,14 @@ def create_app(
     ledger: ConsentLedger | None = None,
     *,
     sweep_every: float | None = None,
+    deliver_webhooks: bool = False,
 ) -> FastAPI:
     """The API over `ledger` (or one opened from `settings`).
 
     `sweep_every` (seconds) runs the obligation sweeper in the background while the
-    app is up; `serve` asks for it, tests and benchmarks do not.
+    app is up, and `deliver_webhooks` the webhook deliverer (it delivers only while this
+    process holds the database's webhook lease: one deliverer across every worker and
+    instance); `serve` asks for both, tests and benchmarks do not.
     """
     settings = settings or (ledger.settings if ledger else Settings())
 
@@ -187,6 +190,8 @@ def create_app(
         async with anyio.create_task_group() as background:
             if sweep_every is not None:
                 background.start_soon(sweep_obligations, app.state.ledger, sweep_every)
+            if deliver_webhooks:
+                background.start_soon(app.state.ledger.deliver_webhooks)
             yield
             background.cancel_scope.cancel()
         if ledger is None:
@@ -237,4 +242,8 @@ def create_app(
 def app_from_environment() -> FastAPI:
     """Entry point for uvicorn workers (`api.app:app_from_environment`, factory)."""
     settings = Settings()
-    return create_app(settings, sweep_every=settings.obligation_sweep_seconds or None)
+    return create_app(
+        settings,
+        sweep_every=settings.obligation_sweep_seconds or None,
+        deliver_webhooks=settings.webhook_delivery,
+    )

@@ -10,7 +10,18 @@ from typing import Annotated
 import orjson
 import typer
 
-from cli import clients, consent, datasets, demo, keys, policy, proof, report, subject
+from cli import (
+    clients,
+    consent,
+    datasets,
+    demo,
+    keys,
+    policy,
+    proof,
+    report,
+    subject,
+    webhooks,
+)
 from cli.common import (
     JSON_OPTION,
     console,
@@ -45,6 +56,7 @@ app.add_typer(clients.app, name="clients")
 app.add_typer(demo.app, name="demo")
 app.add_typer(report.app, name="report")
 app.add_typer(datasets.app, name="dataset")
+app.add_typer(webhooks.app, name="webhooks")
 app.command("verify-report")(report.verify_report_command)
 app.command("import")(import_command)
 
