@@ -22,6 +22,7 @@ from cli import (
     subject,
     webhooks,
 )
+from cli.changes import changes_command
 from cli.common import (
     JSON_OPTION,
     console,
@@ -59,6 +60,7 @@ app.add_typer(datasets.app, name="dataset")
 app.add_typer(webhooks.app, name="webhooks")
 app.command("verify-report")(report.verify_report_command)
 app.command("import")(import_command)
+app.command("changes")(changes_command)
 
 
 def _version(value: bool) -> None:

@@ -65,7 +65,9 @@ class Settings(BaseSettings):
         "(renewed every third of it); another process takes over once it expires.",
     )
     webhook_poll_seconds: float = Field(
-        default=0.5, gt=0, description="How often the webhook deliverer looks for new entries."
+        default=1.0,
+        gt=0,
+        description="How often the webhook deliverer looks for endpoints added or removed.",
     )
     subject_cache_mb: int = Field(
         default=160,

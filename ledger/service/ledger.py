@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy
-from ledger.service import changes_shim
+from ledger.feed import ChangePage, FeedReader
 from ledger.service.checker import Checker
 from ledger.service.clients import ApiClients, Client
 from ledger.service.datasets import DatasetService
@@ -32,7 +32,7 @@ from ledger.service.webhook_delivery import TestDelivery, WebhookDeliverer, send
 from ledger.service.webhooks import Endpoint, WebhookStore
 from ledger.service.writer import IdempotencyKey, Writer
 from ledger.settings import Settings
-from ledger.store.db import make_engine
+from ledger.store.db import make_engine, read_session
 from ledger.store.migrate import upgrade_if_behind, upgrade_schema
 from ledger.tlog.evidence import EvidenceBundle
 from ledger.tlog.log import LogEntry, SealedAppend
@@ -70,6 +70,7 @@ class ConsentLedger:
         self._writer = Writer(self._engine, self._signer, self._head, policies, self._reads)
         self._clients = ApiClients(self._engine)
         self._datasets = DatasetService(self._engine, self._writer, self._checker, self._reads)
+        self._feed = FeedReader()
         # The hot paths are the parts' own bound methods, not delegating methods:
         # no extra frame per check or per request. Their docs are the parts'.
         self.check = self._checker.check
@@ -89,6 +90,9 @@ class ConsentLedger:
         self.member_proof = self._datasets.member_proof
         self.obligations = self._datasets.obligations
         self.subject_datasets = self._datasets.subject_datasets
+        # The change feed (SPEC §8) waits for the log to grow, whoever writes.
+        self.wait_beyond = self._head.wait_beyond
+        self.wait_beyond_sync = self._head.wait_beyond_sync
         # Webhooks (SPEC §8): endpoints and their delivery state.
         self._webhooks = WebhookStore(self._engine)
         self.webhooks = self._webhooks.list_all
@@ -211,6 +215,15 @@ class ConsentLedger:
         """The evidence bundle of a write: its entries, proven into its own checkpoint."""
         return self._reads.receipt(sealed)
 
+    def changes(
+        self, after: int, limit: int = 1000, *, kinds: frozenset[str] | None = None
+    ) -> ChangePage:
+        """The change feed's page after cursor `after` (SPEC §8): entries with their
+        effects and obligations, proven into the latest checkpoint. With `kinds`, only
+        events of those kinds, each with its own inclusion proof."""
+        with read_session(self._engine) as session:
+            return self._feed.page(session, after, limit, kinds=kinds)
+
     def entries(self, start: int, limit: int) -> list[LogEntry]:
         return self._reads.entries(start, limit)
 
@@ -251,13 +264,7 @@ class ConsentLedger:
             progress=progress,
         )
 
-    # --- the change feed and webhooks ---------------------------------------------------
-
-    def changes(
-        self, after: int, limit: int = 1000, *, kinds: frozenset[str] | None = None
-    ) -> changes_shim.ChangePage:
-        # TEMPORARY: the lead's feed replaces this when main is merged.
-        return changes_shim.changes(self._reads, after, limit, kinds=kinds)
+    # --- webhooks ------------------------------------------------------------------------
 
     def add_webhook(
         self, name: str, url: str, events: Sequence[str] = (), *, after: int | None = None
@@ -284,7 +291,7 @@ class ConsentLedger:
         return WebhookDeliverer(
             self._webhooks,
             self.changes,
-            self._head.tree_size,
+            self._head.wait_beyond,
             lambda endpoint: self._signer.webhook_secret(endpoint.name, endpoint.created),
             self.settings,
             holder=holder,

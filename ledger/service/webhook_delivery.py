@@ -26,7 +26,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -41,7 +41,8 @@ import orjson
 import standardwebhooks
 
 from ledger.errors import LedgerError
-from ledger.service.changes_shim import ChangePage
+from ledger.feed import ChangePage
+from ledger.feed.pages import MAX_PAGE
 from ledger.service.webhooks import Endpoint, PendingBatch, WebhookStore
 from ledger.settings import Settings
 from ledger.timestamps import format_timestamp, parse_timestamp, utc_now
@@ -50,8 +51,8 @@ logger = logging.getLogger("consent_ledger.webhooks")
 
 CHANGES_TYPE = "consent-ledger.changes"
 TEST_TYPE = "consent-ledger.test"
-# The feed's largest page: a batch is always read back in one.
-MAX_PAGE = 10_000
+# The longest one wait for the log to grow lasts before it starts again.
+IDLE_WAIT = 15.0
 
 
 class ChangesReader(Protocol):
@@ -212,7 +213,7 @@ class WebhookDeliverer:
         self,
         store: WebhookStore,
         changes: ChangesReader,
-        tree_size: Callable[[], int],
+        wait_beyond: Callable[[int, float], Awaitable[int]],
         secret: Callable[[Endpoint], str],
         settings: Settings,
         *,
@@ -220,7 +221,7 @@ class WebhookDeliverer:
     ) -> None:
         self._store = store
         self._changes = changes
-        self._tree_size = tree_size
+        self._wait_beyond_head = wait_beyond
         self._secret = secret
         self._settings = settings
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -292,18 +293,19 @@ class WebhookDeliverer:
             held_until = started + term
 
     async def _watch_head(self) -> None:
-        """Read the tree size every `webhook_poll_seconds`, waking the endpoints that wait."""
+        """Follow the tree size (`ConsentLedger.wait_beyond`: whoever writes), waking the
+        endpoints that wait for entries beyond their cursor."""
         while True:
             try:
-                size = await anyio.to_thread.run_sync(self._tree_size)
+                size = await self._wait_beyond_head(self._head, IDLE_WAIT)
             except Exception as exc:
                 logger.warning("webhooks: reading the tree size failed: %s", exc)
-            else:
-                if size > self._head:
-                    self._head = size
-                    grown, self._grown = self._grown, anyio.Event()
-                    grown.set()
-            await anyio.sleep(self._settings.webhook_poll_seconds)
+                await anyio.sleep(self._settings.webhook_poll_seconds)
+                continue
+            if size > self._head:
+                self._head = size
+                grown, self._grown = self._grown, anyio.Event()
+                grown.set()
 
     async def _wait_beyond(self, cursor: int) -> None:
         while self._head <= cursor:
@@ -444,6 +446,7 @@ class WebhookDeliverer:
     async def _read_batch(self, batch: PendingBatch, kinds: frozenset[str] | None) -> bytes | None:
         """A pending batch's body, read from the feed again; None (and the batch dropped,
         to be formed afresh) if the feed no longer matches it."""
+        # A batch spans at most `webhook_batch_events` entries, so one page holds it.
         limit = max(1, min(batch.next_cursor - batch.from_cursor, MAX_PAGE))
         page = await anyio.to_thread.run_sync(
             partial(self._changes, batch.from_cursor, limit, kinds=kinds)
