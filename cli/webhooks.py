@@ -94,7 +94,8 @@ def list_command(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
         return
     table = Table()
     for column in ("name", "url", "events", "cursor", "lag", "last error", "next attempt"):
-        table.add_column(column)
+        # Folded, not cut short with an ellipsis: a URL or a kind must read in full.
+        table.add_column(column, overflow="fold")
     for endpoint in endpoints:
         batch = endpoint.batch
         table.add_row(
