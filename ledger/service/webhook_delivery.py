@@ -183,7 +183,7 @@ def send_test(endpoint: Endpoint, secret: str, checkpoint: str, settings: Settin
             "timestamp": format_timestamp(utc_now()),
             "data": {
                 "endpoint": endpoint.name,
-                "events": sorted(endpoint.kinds),
+                "kinds": sorted(endpoint.kinds),
                 "cursor": endpoint.cursor,
                 "tree_size": endpoint.tree_size,
                 "checkpoint": checkpoint,
