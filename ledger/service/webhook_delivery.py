@@ -137,7 +137,7 @@ async def post(
                 status = response.status_code
         except httpx.TimeoutException:
             return None, f"timed out after {timeout:g} s"
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # refused, reset, TLS, a URL the client cannot use: failed
             return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if deadline.cancelled_caught:
         return None, f"timed out after {timeout:g} s"
@@ -251,7 +251,10 @@ class WebhookDeliverer:
                 else:
                     failing = None
                 if taken:
-                    await self._lead()
+                    try:
+                        await self._lead()
+                    except Exception as exc:  # a bug: never let it take `serve` down
+                        logger.error("webhook delivery stopped: %s", exc, exc_info=exc)
                 await anyio.sleep(term / 3)
         finally:
             with anyio.CancelScope(shield=True):
