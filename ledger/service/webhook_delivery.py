@@ -226,9 +226,6 @@ class WebhookDeliverer:
         self._settings = settings
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.leading = False
-        # The tree size as last seen, and an event set whenever it grows.
-        self._head = 0
-        self._grown = anyio.Event()
 
     # --- the election --------------------------------------------------------------------
 
@@ -269,7 +266,6 @@ class WebhookDeliverer:
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._keep_lease, group.cancel_scope)
-                group.start_soon(self._watch_head)
                 group.start_soon(self._supervise, group)
         finally:
             self.leading = False
@@ -295,24 +291,12 @@ class WebhookDeliverer:
                 return
             held_until = started + term
 
-    async def _watch_head(self) -> None:
-        """Follow the tree size (`ConsentLedger.wait_beyond`: whoever writes), waking the
-        endpoints that wait for entries beyond their cursor."""
-        while True:
-            try:
-                size = await self._wait_beyond_head(self._head, IDLE_WAIT)
-            except Exception as exc:
-                logger.warning("webhooks: reading the tree size failed: %s", exc)
-                await anyio.sleep(self._settings.webhook_poll_seconds)
-                continue
-            if size > self._head:
-                self._head = size
-                grown, self._grown = self._grown, anyio.Event()
-                grown.set()
-
     async def _wait_beyond(self, cursor: int) -> None:
-        while self._head <= cursor:
-            await self._grown.wait()
+        """Until the log grows past `cursor` (any process's commit), or a while passes.
+
+        `ConsentLedger.wait_beyond` reads the process's shared head, so endpoints waiting
+        together cost what one does, and nothing is read while there are none."""
+        await self._wait_beyond_head(cursor, IDLE_WAIT)
 
     async def _supervise(self, group: anyio.abc.TaskGroup) -> None:
         """One task per endpoint: started when it is added, cancelled when it is removed."""
