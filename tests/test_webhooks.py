@@ -22,7 +22,7 @@ import standardwebhooks
 from sqlalchemy import text
 
 from ledger.consent.decisions import DecisionRequest
-from ledger.errors import Conflict, InvalidInput, NotFound
+from ledger.errors import Conflict, InvalidInput, NotFound, SigningKeyError
 from ledger.service import ConsentLedger
 from ledger.service.webhook_delivery import WebhookDeliverer, retry_delay
 from ledger.settings import Settings
@@ -325,12 +325,15 @@ def test_the_secret_is_derived_from_home_never_stored(
     _, secret = hooks.add_webhook("platform", "https://platform.example/hook")
     assert secret.startswith("whsec_")
     assert hooks.webhook_secret("platform") == secret
-    # Another process sharing HOME derives the same; another HOME cannot.
+    # Another process sharing HOME derives the same; one with another HOME derives another
+    # secret and refuses to use it (its deliveries would not verify).
     same_home = ConsentLedger(fast(settings))
     other_home = ConsentLedger(fast(settings).model_copy(update={"home": tmp_path / "elsewhere"}))
     try:
         assert same_home.webhook_secret("platform") == secret
-        assert other_home.webhook_secret("platform") != secret
+        for call in (other_home.webhook_secret, other_home.test_webhook):
+            with pytest.raises(SigningKeyError, match="copy secrets/webhooks.bin"):
+                call("platform")
     finally:
         same_home.close()
         other_home.close()
@@ -454,3 +457,19 @@ def test_one_deliverer_is_elected_among_two_and_the_other_takes_over(
             assert receiver.event_seqs() == list(range(hooks.tree_size()))
     finally:
         second.close()
+
+
+def test_a_deliverer_whose_home_derives_another_secret_sends_nothing(
+    hooks: ConsentLedger, settings: Settings, tmp_path: Path
+) -> None:
+    elsewhere = ConsentLedger(fast(settings).model_copy(update={"home": tmp_path / "elsewhere"}))
+    try:
+        with Receiver() as receiver:
+            hooks.add_webhook("platform", receiver.url, after=0)
+            with delivering(elsewhere) as deliverer:
+                wait_for(lambda: deliverer.leading, what="the election")
+                threading.Event().wait(1.0)
+            assert receiver.received() == []
+            assert hooks.webhook("platform").cursor == 0
+    finally:
+        elsewhere.close()

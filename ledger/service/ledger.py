@@ -271,19 +271,24 @@ class ConsentLedger:
     ) -> tuple[Endpoint, str]:
         """Add a webhook endpoint for the entry kinds `events` (none: all), sent the events
         from tree size `after` on (default: from now); return it and its signing secret."""
-        endpoint = self._webhooks.add(name, url, events, after=after)
-        return endpoint, self._signer.webhook_secret(endpoint.name, endpoint.created)
+        endpoint = self._webhooks.add(name, url, events, self._signer.webhook_secret, after=after)
+        return endpoint, self._endpoint_secret(endpoint)
 
     def webhook_secret(self, name: str) -> str:
-        """The endpoint's signing secret (`whsec_…`), derived from a secret in HOME."""
-        endpoint = self._webhooks.get(name)
-        return self._signer.webhook_secret(endpoint.name, endpoint.created)
+        """The endpoint's signing secret (`whsec_…`), derived from a secret in HOME;
+        SigningKeyError if this HOME derives another than the endpoint was added with."""
+        return self._endpoint_secret(self._webhooks.get(name))
 
     def test_webhook(self, name: str) -> TestDelivery:
         """Send the endpoint one signed `consent-ledger.test` delivery now."""
         endpoint = self._webhooks.get(name)
+        return send_test(
+            endpoint, self._endpoint_secret(endpoint), self.checkpoint(), self.settings
+        )
+
+    def _endpoint_secret(self, endpoint: Endpoint) -> str:
         secret = self._signer.webhook_secret(endpoint.name, endpoint.created)
-        return send_test(endpoint, secret, self.checkpoint(), self.settings)
+        return endpoint.check_secret(secret, self.settings.home)
 
     def webhook_deliverer(self, *, holder: str | None = None) -> WebhookDeliverer:
         """The webhook deliverer of this process: `await deliverer.run()` contends for the
@@ -292,7 +297,7 @@ class ConsentLedger:
             self._webhooks,
             self.changes,
             self._head.wait_beyond,
-            lambda endpoint: self._signer.webhook_secret(endpoint.name, endpoint.created),
+            self._endpoint_secret,
             self.settings,
             holder=holder,
         )

@@ -16,8 +16,11 @@ SQLite and PostgreSQL: the UPDATE is atomic on both, and its row count says who 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from ledger.consent.entries import KINDS
-from ledger.errors import Conflict, InvalidInput, NotFound
+from ledger.errors import Conflict, InvalidInput, NotFound, SigningKeyError
 from ledger.store.db import read_session, state_session
 from ledger.store.schema import WebhookBatch, WebhookEndpoint, WebhookLease
 from ledger.timestamps import format_timestamp, utc_now
@@ -85,7 +88,19 @@ class Endpoint:
     created: str
     cursor: int
     tree_size: int
+    secret_check: str
     batch: PendingBatch | None = None
+
+    def check_secret(self, secret: str, home: object) -> str:
+        """`secret` if it is the one this endpoint was added with; SigningKeyError if not
+        (a HOME whose `secrets/webhooks.bin` is not the adding host's)."""
+        if not hmac.compare_digest(secret_check(secret), self.secret_check):
+            raise SigningKeyError(
+                f"HOME {home} derives another signing secret for webhook {self.name!r} than "
+                "the one it was added with: copy secrets/webhooks.bin from the HOME that "
+                "added it"
+            )
+        return secret
 
     @property
     def lag(self) -> int:
@@ -105,6 +120,14 @@ class Endpoint:
             "next_attempt": batch.next_attempt if batch else None,
             "pending": batch.to_json() if batch else None,
         }
+
+
+def secret_check(secret: str) -> str:
+    """A check value of a signing secret that reveals nothing of it (a truncated HMAC
+    under the secret), stored to catch a process deriving a different secret."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, b"consent-ledger webhook secret check", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
 
 
 def webhook_id(endpoint: str, first_seq: int, last_seq: int) -> str:
@@ -163,14 +186,22 @@ class WebhookStore:
     # --- endpoints -----------------------------------------------------------------------
 
     def add(
-        self, name: str, url: str, kinds: Sequence[str], *, after: int | None = None
+        self,
+        name: str,
+        url: str,
+        kinds: Sequence[str],
+        secret: Callable[[str, str], str],
+        *,
+        after: int | None = None,
     ) -> Endpoint:
         """Add an endpoint that will be sent the events from tree size `after` on
-        (default: from now, the current tree size)."""
+        (default: from now, the current tree size); `secret(name, created)` is its
+        signing secret, of which only a check value is stored."""
         validate_name(name)
         validate_url(url)
         wanted = validate_kinds(kinds)
         created = format_timestamp(utc_now())
+        check = secret_check(secret(name, created))
         with state_session(self._engine) as session:
             size = log.tree_size(session)
             cursor = size if after is None else after
@@ -184,10 +215,11 @@ class WebhookStore:
                     url=url,
                     kinds=",".join(sorted(wanted)),
                     created=created,
+                    secret_check=check,
                     cursor=cursor,
                 )
             )
-        return Endpoint(name, url, wanted, created, cursor, size)
+        return Endpoint(name, url, wanted, created, cursor, size, check)
 
     def list_all(self) -> list[Endpoint]:
         """Every endpoint, by name, with its pending batch and the tree size now."""
@@ -386,5 +418,6 @@ def _endpoint(row: WebhookEndpoint, batch: WebhookBatch | None, size: int) -> En
         created=row.created,
         cursor=row.cursor,
         tree_size=size,
+        secret_check=row.secret_check,
         batch=_batch(batch) if batch is not None and batch.from_cursor == row.cursor else None,
     )

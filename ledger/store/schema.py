@@ -304,6 +304,9 @@ class WebhookEndpoint(SQLModel, table=True):
     # Comma-separated entry kinds; empty: every kind.
     kinds: str = Field(sa_column=Column(String(1024), nullable=False))
     created: str = Field(sa_column=Column(String(32), nullable=False))
+    # A check value of the signing secret (not the secret itself): a process whose HOME
+    # derives another secret refuses to sign with it.
+    secret_check: str = Field(sa_column=Column(String(32), nullable=False))
     # The tree size delivered through: every event below it was acknowledged (2xx).
     cursor: int = Field(sa_column=Column(BigInteger, nullable=False))
 

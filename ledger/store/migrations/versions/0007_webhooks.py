@@ -25,6 +25,9 @@ def upgrade() -> None:
         # Comma-separated entry kinds; empty: every kind.
         sa.Column("kinds", sa.String(1024), nullable=False),
         sa.Column("created", sa.String(32), nullable=False),
+        # A check value of the endpoint's signing secret (not the secret): a process whose
+        # HOME derives another secret refuses to sign with it.
+        sa.Column("secret_check", sa.String(32), nullable=False),
         # The tree size delivered through: every event below it was acknowledged (2xx).
         sa.Column("cursor", sa.BigInteger, nullable=False),
     )
