@@ -20,7 +20,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
-from api.routes import datasets, eligibility, health, log, policy, reports, subjects, tlog
+from api.routes import (
+    changes,
+    datasets,
+    eligibility,
+    health,
+    log,
+    policy,
+    reports,
+    subjects,
+    tlog,
+)
 from ledger.errors import LedgerError
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
@@ -223,6 +233,7 @@ def create_app(
         health.router,
         subjects.router,
         datasets.router,
+        changes.router,
         log.router,
         tlog.router,
         policy.router,

@@ -6,6 +6,7 @@
 with `policies`, `subjectcache`, `groupcommit` and `keys` beneath them.
 """
 
+from ledger.feed import ChangePage
 from ledger.service.builds import BuildItem, BuildRecorder, ItemAnswer, ItemError, RecordedBuild
 from ledger.service.clients import NOT_CACHED, SCOPES, Client
 from ledger.service.head import HeadSnapshot
@@ -25,6 +26,7 @@ __all__ = [
     "SCOPES",
     "BuildItem",
     "BuildRecorder",
+    "ChangePage",
     "CheckBatch",
     "CheckItem",
     "CheckRequest",

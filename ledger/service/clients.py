@@ -32,7 +32,7 @@ from ledger.store.db import read_session, write_session
 from ledger.store.schema import ApiClient
 from ledger.timestamps import format_timestamp, utc_now
 
-Scope = Literal["check", "record", "read", "audit", "admin"]
+Scope = Literal["check", "record", "read", "audit", "feed", "admin"]
 SCOPES: tuple[str, ...] = get_args(Scope)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY = re.compile(r"^clk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")

@@ -28,6 +28,8 @@ from ledger.tlog import log
 # HEAD_STALE_LIMIT.
 HEAD_MAX_AGE = {"sqlite": 0.0, "postgresql": 0.005}
 HEAD_STALE_LIMIT = 0.1
+# How often a change-feed reader waiting for new entries looks at the head again.
+WAIT_POLL = 0.1
 # The log head and the API clients' generation, in one round trip.
 _HEAD_SQL = (
     "SELECT (SELECT tree_size FROM ledger_state WHERE id = 1),"
@@ -143,6 +145,31 @@ class HeadTracker:
         if last is not None and time.monotonic() - last.read_at <= HEAD_STALE_LIMIT:
             return last
         return await asyncio.shield(read)
+
+    async def wait_beyond(self, size: int, timeout: float) -> int:
+        """Wait until the log is larger than `size` (a commit by any process on this
+        database) or `timeout` seconds pass; the tree size then.
+
+        Polls the head every `WAIT_POLL` seconds: the same cheap read `head_async`
+        makes, and unlike a notification it also sees a read replica's replay.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            head = await self.head_async()
+            remaining = deadline - time.monotonic()
+            if head.tree_size > size or remaining <= 0:
+                return head.tree_size
+            await anyio.sleep(min(WAIT_POLL, remaining))
+
+    def wait_beyond_sync(self, size: int, timeout: float) -> int:
+        """`wait_beyond` for a thread that may block (the CLI)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.tree_size()
+            remaining = deadline - time.monotonic()
+            if current > size or remaining <= 0:
+                return current
+            time.sleep(min(WAIT_POLL, remaining))
 
     def _read_now(self) -> HeadSnapshot:
         return self.head(max_age=0.0)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy
+from ledger.feed import ChangePage, FeedReader
 from ledger.service.checker import Checker
 from ledger.service.clients import ApiClients, Client
 from ledger.service.datasets import DatasetService
@@ -29,7 +30,7 @@ from ledger.service.signer import Signer
 from ledger.service.views import SubjectView
 from ledger.service.writer import IdempotencyKey, Writer
 from ledger.settings import Settings
-from ledger.store.db import make_engine
+from ledger.store.db import make_engine, read_session
 from ledger.store.migrate import upgrade_if_behind, upgrade_schema
 from ledger.tlog.evidence import EvidenceBundle
 from ledger.tlog.log import LogEntry, SealedAppend
@@ -67,6 +68,7 @@ class ConsentLedger:
         self._writer = Writer(self._engine, self._signer, self._head, policies, self._reads)
         self._clients = ApiClients(self._engine)
         self._datasets = DatasetService(self._engine, self._writer, self._checker, self._reads)
+        self._feed = FeedReader()
         # The hot paths are the parts' own bound methods, not delegating methods:
         # no extra frame per check or per request. Their docs are the parts'.
         self.check = self._checker.check
@@ -86,6 +88,9 @@ class ConsentLedger:
         self.member_proof = self._datasets.member_proof
         self.obligations = self._datasets.obligations
         self.subject_datasets = self._datasets.subject_datasets
+        # The change feed (SPEC §8) waits for the log to grow, whoever writes.
+        self.wait_beyond = self._head.wait_beyond
+        self.wait_beyond_sync = self._head.wait_beyond_sync
 
     @property
     def engine(self) -> Engine:
@@ -202,6 +207,15 @@ class ConsentLedger:
     def receipt(self, sealed: SealedAppend) -> EvidenceBundle:
         """The evidence bundle of a write: its entries, proven into its own checkpoint."""
         return self._reads.receipt(sealed)
+
+    def changes(
+        self, after: int, limit: int = 1000, *, kinds: frozenset[str] | None = None
+    ) -> ChangePage:
+        """The change feed's page after cursor `after` (SPEC §8): entries with their
+        effects and obligations, proven into the latest checkpoint. With `kinds`, only
+        events of those kinds, each with its own inclusion proof."""
+        with read_session(self._engine) as session:
+            return self._feed.page(session, after, limit, kinds=kinds)
 
     def entries(self, start: int, limit: int) -> list[LogEntry]:
         return self._reads.entries(start, limit)

@@ -24,6 +24,7 @@ class Keys:
     record: str
     read: str
     audit: str
+    feed: str
     admin: str
     all: str
     revoked: str

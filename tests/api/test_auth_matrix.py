@@ -38,6 +38,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/datasets/{name}/versions/{version}/members/{record_id}/proof"): "read",
     ("GET", "/v1/datasets/{name}/obligations"): "read",
     ("POST", "/v1/datasets/{name}/versions/{version}/purges"): "record",
+    ("GET", "/v1/changes"): "feed",
     ("GET", "/v1/ledger/checkpoint"): "audit",
     ("GET", "/v1/ledger/entries"): "audit",
     ("GET", "/v1/ledger/entries/{seq}"): "audit",
