@@ -40,6 +40,7 @@ with warnings.catch_warnings():
 from api.app import create_app
 from consent_ledger_client import ConsentLedgerClient
 from ledger.consent.decisions import DecisionRequest
+from ledger.demo import demo_policy_change
 from ledger.service import BuildItem, ConsentLedger
 from ledger.service.clients import create_client
 from ledger.service.keys import SigningKey
@@ -197,8 +198,8 @@ def record_datasets(home: Path) -> dict[str, Any]:
 
 
 def record_changes(home: Path) -> dict[str, Any]:
-    """Subjects, decisions, a withdrawal, an erasure, a policy, a build and an obligation,
-    then the feed's pages over all of it."""
+    """Subjects, a decision, a build, a withdrawal that opens an obligation, an erasure and
+    a policy change, then the feed's pages over all of it."""
     settings = Settings(home=home, database_url=f"sqlite:///{home / 'ledger.db'}")
     ledger, _ = ConsentLedger.initialize(settings, origin=ORIGIN, actor="recorder")
     actor = "recorder"
@@ -216,7 +217,8 @@ def record_changes(home: Path) -> dict[str, Any]:
         ledger.record_consents(
             "us-1", [DecisionRequest(category="*", decision="withdrawn")], actor=actor
         )
-        ledger.erase_subject("de-2", actor=actor)
+        ledger.erase_subject("us-2", actor=actor)
+        ledger.publish_policy(demo_policy_change(ledger.current_policy()), actor=actor)
         size = ledger.tree_size()
         pages = {
             f"{after}/{limit}": ledger.changes(after, limit).to_json()

@@ -175,7 +175,7 @@ def _event(document: dict[str, Any], name: str, value: Any) -> None:
 
 
 TAMPERING: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
-    ("a shown field", lambda d: _event(d, "decision", "granted"), "shows decision 'granted'"),
+    ("a shown field", lambda d: _event(d, "decision", "refused"), "shows decision 'refused'"),
     ("an extra field", lambda d: d["events"][0].update(forged="x"), "shows forged 'x'"),
     ("a shown seq", lambda d: d["events"][1].update(seq=0), "shows seq 0"),
     ("a shown kind", lambda d: d["events"][0].update(kind="subject.erased"), "shows kind"),
@@ -183,13 +183,14 @@ TAMPERING: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     (
         "canonical bytes",
         lambda d: d["events"][0].update(canonical=flip(d["events"][0]["canonical"], 3)),
-        "canonical bytes",
+        "not proven into checkpoint",  # `actor` changed: the fields agree, the proof does not
     ),
     ("a dropped event", lambda d: d["events"].pop(1), r"every entry in \["),
+    ("bytes not canonical", lambda d: d["events"][0].update(canonical="eyJhIjogMX0="), "canonical"),
     ("a proof hash", lambda d: d.update(proof=[flip(d["proof"][0]), *d["proof"][1:]]), "proven"),
     ("a missing proof", lambda d: d.update(proof=[]), "not proven into checkpoint"),
     ("the tree size", lambda d: d.update(tree_size=d["tree_size"] - 1), "says tree size"),
-    ("the cursor", lambda d: d.update(next=d["next"] + 1), r"every entry in \["),
+    ("the cursor", lambda d: d.update(next=d["next"] + 1), r"ends at cursor \d+, outside"),
     ("the checkpoint", lambda d: d.update(checkpoint=d["checkpoint"][:-6] + "AAAAA\n"), "check"),
 ]
 
@@ -213,7 +214,7 @@ FILTERED_TAMPERING: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("an inclusion proof", _flip_inclusion, "not proven into checkpoint"),
     ("a missing proof", lambda d: d["events"][0].pop("inclusion"), "mixes events"),
     ("the order", lambda d: d["events"].reverse(), "out of order"),
-    ("a range proof too", lambda d: d.update(proof=page(0, 1000)["proof"]), "no range proof"),
+    ("a range proof too", lambda d: d.update(proof=page(4, 1000)["proof"]), "no range proof"),
     ("the cursor", lambda d: d.update(next=d["events"][-1]["seq"]), "outside the page"),
 ]
 
