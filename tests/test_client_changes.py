@@ -132,11 +132,13 @@ def flip(text: str, position: int = 0) -> str:
 
 
 class Editing(httpx.BaseTransport):
-    """Forwards to `inner`; `edit(document)` may change a JSON page of changes."""
+    """Forwards to `inner`; `edit(document)` may change the first JSON page of changes it
+    applies to (it says whether it did): `tampered` is then that page's cursor."""
 
-    def __init__(self, inner: httpx.BaseTransport, edit: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, inner: httpx.BaseTransport, edit: Callable[[dict[str, Any]], bool]) -> None:
         self.inner = inner
         self.edit = edit
+        self.tampered: int | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
@@ -144,7 +146,8 @@ class Editing(httpx.BaseTransport):
             return response
         response.read()
         document = orjson.loads(response.content)
-        self.edit(document)
+        if self.tampered is None and self.edit(document):
+            self.tampered = int(request.url.params["after"])
         return httpx.Response(
             200,
             headers={"content-type": "application/json"},
@@ -324,36 +327,45 @@ def test_the_feed_needs_its_scope(
         list(client.changes(follow=False))
 
 
-def _set_decision(document: dict[str, Any]) -> None:
-    event = next(e for e in document["events"] if e.get("decision") == "withdrawn")
-    event["decision"] = "granted"
+def _set_decision(document: dict[str, Any]) -> bool:
+    for event in document["events"]:
+        if event.get("decision") == "withdrawn":
+            event["decision"] = "granted"
+            return True
+    return False
 
 
-def _swap_canonical(document: dict[str, Any]) -> None:
+def _swap_canonical(document: dict[str, Any]) -> bool:
     first, second = document["events"][1], document["events"][2]
     first["canonical"], second["canonical"] = second["canonical"], first["canonical"]
+    return True
 
 
-def _drop_event(document: dict[str, Any]) -> None:
-    del document["events"][2]
+def _drop_event(document: dict[str, Any]) -> bool:
+    del document["events"][1]
+    return True
 
 
-def _flip_proof(document: dict[str, Any]) -> None:
+def _flip_proof(document: dict[str, Any]) -> bool:
     document["proof"][0] = flip(document["proof"][0])
+    return True
 
 
-def _shorten_proof(document: dict[str, Any]) -> None:
+def _shorten_proof(document: dict[str, Any]) -> bool:
     document["proof"].pop()
+    return True
 
 
-def _claim_another_size(document: dict[str, Any]) -> None:
+def _claim_another_size(document: dict[str, Any]) -> bool:
     document["tree_size"] += 1
+    return True
 
 
-def _flip_canonical(document: dict[str, Any]) -> None:
+def _flip_canonical(document: dict[str, Any]) -> bool:
     event = document["events"][-1]
     canonical = base64.b64decode(event["canonical"]).replace(b'"time":"', b'"time":"1', 1)
     event["canonical"] = base64.b64encode(canonical).decode()
+    return True
 
 
 @pytest.mark.parametrize(
@@ -368,19 +380,22 @@ def _flip_canonical(document: dict[str, Any]) -> None:
         (_flip_canonical, r"shows time"),
     ],
 )
-def test_a_tampered_page_raises_and_hands_nothing_over(
+def test_a_tampered_page_raises_and_hands_nothing_of_it_over(
     ledger: ConsentLedger,
     make_client: Callable[..., ConsentLedgerClient],
     http: TestClient,
-    edit: Callable[[dict[str, Any]], None],
+    edit: Callable[[dict[str, Any]], bool],
     message: str,
 ) -> None:
     history(ledger)
     handed: list[ChangeEvent] = []
-    with make_client(transport=Editing(http._transport, edit)) as client:
+    editing = Editing(http._transport, edit)
+    with make_client(transport=editing) as client:
         with pytest.raises(VerificationError, match=message):
-            handed.extend(client.changes(follow=False))
-    assert handed == []
+            # Pages of 3: each has a proof (the subtrees right of it, at least).
+            handed.extend(client.changes(follow=False, limit=3))
+    assert editing.tampered is not None
+    assert [event.seq for event in handed] == list(range(editing.tampered))
 
 
 def test_a_checkpoint_of_another_key_is_refused(
@@ -389,9 +404,10 @@ def test_a_checkpoint_of_another_key_is_refused(
     history(ledger)
     impostor = SigningKey.generate(ledger.verifier_key().split("+")[0])  # the same name
 
-    def resign(document: dict[str, Any]) -> None:
+    def resign(document: dict[str, Any]) -> bool:
         body = document["checkpoint"].split("\n\n")[0] + "\n"
         document["checkpoint"] = sign_checkpoint(Checkpoint.parse_body(body), [impostor])
+        return True
 
     with make_client(transport=Editing(http._transport, resign)) as client:
         with pytest.raises(VerificationError, match="checkpoint"):
@@ -452,8 +468,8 @@ def test_follow_hears_another_writer_within_a_second(
         caught_up = [received.get(timeout=20)[1].seq for _ in range(size)]
         assert caught_up == list(range(size))
         time.sleep(0.5)  # idle: the server is waiting for the log to grow
-        written = time.monotonic()
         assert withdraw(elsewhere, "user-2") == size + 1
+        written = time.monotonic()  # committed
         arrived, event = received.get(timeout=10)
         thread.join(timeout=10)
     finally:
@@ -502,7 +518,7 @@ def test_a_tampered_stream_raises_and_hands_over_nothing_of_its_batch(
         with pytest.raises(VerificationError, match="shows decision 'granted'"):
             follow_until(feed, size - 1, handed)
     withdrawal = next(
-        e.seq for e in ledger.changes(0, size).events if e.get("decision") == "withdrawn"
+        e["seq"] for e in ledger.changes(0, size).events if e.get("decision") == "withdrawn"
     )
     assert [event.seq for event in handed] == list(range(withdrawal))
 
