@@ -414,13 +414,16 @@ def test_a_checkpoint_of_another_key_is_refused(
             list(client.changes(follow=False))
 
 
+@pytest.mark.parametrize("after", [0, 3, 4])
 def test_a_forked_log_is_refused(
     ledger: ConsentLedger,
     make_client: Callable[..., ConsentLedgerClient],
     tmp_path: Any,
+    after: int,
 ) -> None:
     """The client trusted a checkpoint of another history signed by the ledger's own key:
-    the feed's checkpoint is not an extension of it."""
+    the feed's checkpoint is not an extension of it, whether the page starts before, at
+    (where its range proof shows the prefix) or after the trusted size."""
     history(ledger)
     store = tmp_path / "ledger.checkpoint"
     origin = ledger.checkpoint().split("\n")[0]
@@ -428,7 +431,34 @@ def test_a_forked_log_is_refused(
     store.write_text(sign_checkpoint(forged, [ledger.signing_key()]), encoding="utf-8")
     with make_client(trust_store=store) as client:
         with pytest.raises(VerificationError, match="fork or rollback"):
-            list(client.changes(follow=False))
+            list(client.changes(after=after, follow=False))
+
+
+def test_following_needs_no_consistency_proof_from_batch_to_batch(
+    ledger: ConsentLedger, server_url: str, api_key: str
+) -> None:
+    """Each batch starts where the last one's checkpoint ended: its range proof shows that
+    the new checkpoint extends the trusted one, so the client fetches no other proof."""
+    size = history(ledger)
+    proofs: list[str] = []
+
+    def count(request: httpx.Request) -> None:
+        if request.url.path == "/v1/ledger/proofs/consistency":
+            proofs.append(str(request.url.params))
+
+    with ConsentLedgerClient(server_url, api_key, ledger.verifier_key()) as client:
+        client._http.event_hooks = {"request": [count], "response": []}
+        feed = client.changes()
+        assert len(follow_until(feed, size - 1)) == size
+        trusted = []
+        for n in range(3):
+            withdraw(ledger, "user-2")
+            trusted.append(next(feed).seq)
+            assert client.trusted_checkpoint is not None
+            assert client.trusted_checkpoint.size == size + n + 1
+        feed.close()
+    assert trusted == [size, size + 1, size + 2]
+    assert proofs == []
 
 
 def test_a_page_is_verified_offline(

@@ -164,9 +164,8 @@ def _verify(document: Any, trust: TrustedLog, *, after: int | None, what: str) -
     if claimed_size is not None and not _is_size(claimed_size):
         raise ProtocolError(f"{what}: `tree_size` is not a tree size")
 
-    # 1. The checkpoint is signed by a trusted key and (with a client's trust) consistent
-    #    with the checkpoint trusted before: this log extends the one seen so far.
-    checkpoint = trust.verify(note)
+    # 1. The checkpoint is signed by a trusted key.
+    checkpoint = trust.open(note)
     if claimed_size is not None and claimed_size != checkpoint.size:
         raise VerificationError(
             f"{what} says tree size {claimed_size}, its checkpoint is of size {checkpoint.size}",
@@ -182,6 +181,7 @@ def _verify(document: Any, trust: TrustedLog, *, after: int | None, what: str) -
     events = tuple(_event(raw, position, what) for position, raw in enumerate(raw_events))
     proof = [_hash(text, f"{what}: proof[{i}]") for i, text in enumerate(proof_text)]
     # 3. Every event is in the checkpoint's tree, at its seq.
+    prefix = None
     carried = sum("inclusion" in raw for raw in raw_events)
     if carried:
         if carried != len(raw_events):
@@ -195,7 +195,11 @@ def _verify(document: Any, trust: TrustedLog, *, after: int | None, what: str) -
             )
         _prove_each(events, raw_events, after, cursor, checkpoint, what)
     else:
-        _prove_range(events, proof, after, cursor, checkpoint, what)
+        prefix = _prove_range(events, proof, after, cursor, checkpoint, what)
+    # 4. With a client's trust, the checkpoint is consistent with the one trusted before:
+    #    this log extends the one seen so far. When the events start where the trusted
+    #    checkpoint ends, their range proof has shown it already.
+    trust.accept(checkpoint, note, prefix=prefix)
     return VerifiedChanges(events=events, next=cursor, checkpoint=checkpoint, checkpoint_note=note)
 
 
@@ -206,8 +210,9 @@ def _prove_range(
     cursor: int,
     checkpoint: Checkpoint,
     what: str,
-) -> None:
-    """A contiguous page: events after, after+1, …, next-1, proven at once."""
+) -> tuple[int, bytes] | None:
+    """A contiguous page: events after, after+1, …, next-1, proven at once. Returns the
+    size and root of the prefix before them, which the proof has shown to be in the tree."""
     start = cursor - len(events) if after is None else after
     expected = list(range(start, cursor))
     seqs = [event.seq for event in events]
@@ -219,7 +224,7 @@ def _prove_range(
     if not events:
         if proof:
             raise VerificationError(f"{what} proves no event but has a proof", subject="proof")
-        return
+        return None
     try:
         merkle.verify_range(
             start,
@@ -234,6 +239,8 @@ def _prove_range(
             f"{checkpoint.size}: {exc}",
             subject="proof",
         ) from exc
+    # The proof's first hashes are the subtrees left of the events: the prefix's root.
+    return start, merkle.fold_root(proof[: len(merkle.root_node_keys(start))])
 
 
 def _prove_each(
