@@ -126,7 +126,8 @@ def verify_changes(
     `trust` is the ledger's verifier key (or several), or a `TrustedLog` (a
     client's `trust`, which also checks that the checkpoint is consistent with
     the one it trusted before). `after` is the cursor the page was asked for,
-    when known: the events must then start there.
+    when known (a delivery states its own `after`): the events must then start
+    there.
 
     Two forms are accepted. A contiguous page (its events have no `inclusion`)
     holds every entry in [after, next) and a range `proof` of all of them. A
@@ -163,6 +164,17 @@ def _verify(document: Any, trust: TrustedLog, *, after: int | None, what: str) -
     claimed_size = document.get("tree_size")
     if claimed_size is not None and not _is_size(claimed_size):
         raise ProtocolError(f"{what}: `tree_size` is not a tree size")
+    # A webhook delivery says where its events start; a page is asked for from a cursor.
+    stated = document.get("after")
+    if stated is not None:
+        if not _is_size(stated):
+            raise ProtocolError(f"{what}: `after` is not a cursor")
+        if after is not None and stated != after:
+            raise VerificationError(
+                f"{what} says it starts at {stated}, it was asked for from {after}",
+                subject="after",
+            )
+        after = stated
 
     # 1. The checkpoint is signed by a trusted key.
     checkpoint = trust.open(note)

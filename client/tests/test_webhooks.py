@@ -68,6 +68,20 @@ def test_a_signed_delivery_is_received_and_its_events_verified() -> None:
     assert received.checkpoint.size == RECORDED["tree_size"]
 
 
+def test_a_delivery_states_where_its_events_start() -> None:
+    data = copy.deepcopy(RECORDED["pages"]["4/2"])
+    data["after"] = 4
+    body, headers = delivery(data)
+    assert [e.seq for e in WebhookReceiver(SECRET, trust=KEY).receive(body, headers).events] == [
+        4,
+        5,
+    ]
+    data["after"] = 3
+    body, headers = delivery(data)
+    with pytest.raises(VerificationError, match=r"every entry in \[3, 6\)"):
+        WebhookReceiver(SECRET, trust=KEY).receive(body, headers)
+
+
 def test_a_filtered_delivery_is_verified_event_by_event() -> None:
     body, headers = delivery(copy.deepcopy(RECORDED["filtered"]["page"]))
     received = WebhookReceiver(SECRET, trust=[KEY]).receive(body.decode(), headers)
