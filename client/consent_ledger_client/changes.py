@@ -411,6 +411,13 @@ class ChangeFeed(Iterator[ChangeEvent]):
     the retries. After `max_retries` failures in a row it raises `TransportError`
     (or the `ApiError`); None retries forever. `checkpoint` is the last
     checkpoint verified.
+
+    `follow=False` reads JSON pages up to the head and stops; `follow=True` reads
+    the NDJSON stream, or with ``stream=False`` long-polls pages (`wait` seconds
+    each), for proxies that hold streamed answers back. `limit` bounds the events
+    of a page or batch (the server's default otherwise). An injected `http` that
+    cannot stream (FastAPI's `TestClient` waits for the whole answer, and a
+    stream never ends) needs ``follow=False`` or ``stream=False``.
     """
 
     def __init__(
