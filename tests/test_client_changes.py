@@ -571,3 +571,69 @@ def test_follow_by_long_polling_pages(
     withdraw(ledger, "user-2")
     assert received.get(timeout=10).seq == size
     thread.join(timeout=10)
+
+
+class Follower:
+    """Follows the feed in a thread, from `after`, putting each event (and when it came)
+    on `received`, until it has handed over seq `last`."""
+
+    def __init__(self, url: str, key: str, verifier_key: str, after: int, **options: Any):
+        self.received: queue.Queue[tuple[float, ChangeEvent]] = queue.Queue()
+        self.client = ConsentLedgerClient(url, key, verifier_key)
+        self.feed = self.client.changes(after=after, **options)
+        self.last = after
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def until(self, last: int) -> Follower:
+        self.last = last
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for event in self.feed:
+                self.received.put((time.monotonic(), event))
+                if event.seq >= self.last:
+                    return
+        finally:
+            self.feed.close()
+            self.client.close()
+
+    def next(self, timeout: float = 10) -> ChangeEvent:
+        return self.received.get(timeout=timeout)[1]
+
+
+def test_heartbeats_keep_an_idle_stream_open(
+    ledger: ConsentLedger, server_url: str, api_key: str
+) -> None:
+    size = history(ledger)
+    ledger.settings.feed_heartbeat_seconds = 0.2
+    follower = Follower(server_url, api_key, ledger.verifier_key(), size, idle_timeout=1.0)
+    follower.until(size)
+    time.sleep(2.5)  # idle for longer than `idle_timeout`, with a heartbeat every 0.2 s
+    withdraw(ledger, "user-2")
+    assert follower.next().seq == size
+    follower.thread.join(timeout=10)
+    assert follower.feed.reconnects == 0
+    assert follower.feed.cursor == size + 1
+
+
+def test_a_silent_stream_is_given_up_and_followed_again(
+    ledger: ConsentLedger, server_url: str, api_key: str
+) -> None:
+    """No heartbeat for longer than `idle_timeout`: the connection is taken for dead and
+    opened again from the cursor, and what comes meanwhile is handed over once."""
+    size = history(ledger)
+    ledger.settings.feed_heartbeat_seconds = 15.0
+    follower = Follower(
+        server_url, api_key, ledger.verifier_key(), size - 2, idle_timeout=0.5, retry_delay=0.01
+    )
+    follower.until(size + 1)
+    assert [follower.next().seq for _ in range(2)] == [size - 2, size - 1]
+    time.sleep(1.5)
+    withdraw(ledger, "user-2")
+    withdraw(ledger, "user-1")
+    assert [follower.next().seq for _ in range(2)] == [size, size + 1]
+    follower.thread.join(timeout=10)
+    assert follower.feed.reconnects >= 2
+    assert follower.received.empty()
