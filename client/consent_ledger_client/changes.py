@@ -445,7 +445,9 @@ class ChangeFeed(Iterator[ChangeEvent]):
         self.follow = follow
         self.stream = stream
         self.limit = limit
-        self.wait = wait
+        # A long-poll must answer before the client's own read timeout gives up on it.
+        read_timeout = client._stream_timeout
+        self.wait = wait if read_timeout is None else min(wait, read_timeout / 2)
         self.idle_timeout = idle_timeout
         self.max_retries = max_retries
         self.retry_delay = retry_delay

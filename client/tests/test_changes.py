@@ -61,6 +61,7 @@ class FeedServer(httpx.BaseTransport):
         self.cuts = list(cuts)
         self.clean = clean
         self.asked: list[int] = []
+        self.queries: list[dict[str, str]] = []
         self.streams = 0
         self.edit: Callable[[dict[str, Any]], None] | None = None
 
@@ -70,6 +71,7 @@ class FeedServer(httpx.BaseTransport):
         after = int(request.url.params["after"])
         limit = int(request.url.params.get("limit", 1000))
         self.asked.append(after)
+        self.queries.append(dict(request.url.params))
         if after > SIZE:
             problem = {"status": 422, "title": "Unprocessable", "detail": "cursor beyond the log"}
             return httpx.Response(422, json=problem)
@@ -340,3 +342,11 @@ def test_a_client_verifies_a_page_with_its_trust_store(tmp_path: Path) -> None:
         verified = ledger.verify_changes(page(2))
     assert [event.seq for event in verified.events] == [2, 3]
     assert store.read_text(encoding="utf-8") == verified.checkpoint_note
+
+
+def test_a_long_poll_waits_less_than_the_client_s_read_timeout() -> None:
+    server = FeedServer()
+    with client(server, timeout=4.0) as ledger:
+        feed = ledger.changes(after=SIZE - 1, stream=False)
+        assert next(feed).seq == SIZE - 1
+    assert server.queries == [{"after": str(SIZE - 1), "wait": "2.0"}]
