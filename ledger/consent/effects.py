@@ -6,8 +6,9 @@ with it, evaluated at one instant with the same §3.4 function as checks
 (`ledger.consent.eligibility.decide`). Because every effect of a run of entries is
 taken at one instant, applying them in order to a cache of answers built before
 the run gives the answers after it. The feed takes each entry's effect at the
-entry's own time: what changes later by itself (a decision taking effect on a
-future date, or expiring) is in the entry's data, not in a later entry.
+entry's own time, or for a decision dated later than its entry at the instant it
+takes effect (no later entry will announce it); an expiry changes answers with no
+entry at all, so a cache schedules it from the decision's `expires`.
 
 A policy's effect names the pairs whose rules (prohibited, special, the default
 in any jurisdiction, minors) differ from the previous policy's: it concerns every

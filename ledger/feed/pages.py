@@ -275,7 +275,11 @@ def _subject_effect(
             effective=data["effective"],
             expires=data["expires"],
         )
-        effect = evaluator.decision_effect(subject.state, subject.decisions, decision, time)
+        # A decision dated later than its entry (a platform's clock ahead of the ledger's,
+        # a withdrawal from next month) changes answers when it takes effect, and no later
+        # entry will say so: its effect is taken at that instant.
+        at = decision.effective if decision.effective > time else time
+        effect = evaluator.decision_effect(subject.state, subject.decisions, decision, at)
         subject.decisions.append(decision)
         return effect
     old_state = subject.state
