@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ from ledger.consent.eligibility import Decision, SubjectState, evaluate_eligibil
 from ledger.consent.policy import Policy, default_policy
 from ledger.service import ConsentLedger
 from ledger.timestamps import format_timestamp, parse_timestamp, utc_now
-from tests.test_obligations_property import LedgerFactory, ledgers  # noqa: F401 (a fixture)
+from tests.test_obligations_property import LedgerFactory, postgres_ledgers, sqlite_ledgers
 
 ACTOR = "feed-prop"
 SUBJECTS = ("s0", "s1", "s2", "s3")
@@ -282,6 +283,16 @@ def test_the_first_policy_lists_every_pair() -> None:
 # --- the property through the service: a cache kept by the feed -----------------------------
 
 
+@pytest.fixture(params=tuple(EXAMPLES))
+def ledgers(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> tuple[str, LedgerFactory]:
+    """A factory of fresh, initialised ledgers on one engine (one per example)."""
+    if request.param == "sqlite":
+        return request.param, sqlite_ledgers(sqlite_template, tmp_path)
+    return request.param, postgres_ledgers(request.getfixturevalue("postgres_template"), tmp_path)
+
+
 @dataclass(frozen=True)
 class Register:
     """Register the subject, or update its jurisdiction and minor flag."""
@@ -428,9 +439,7 @@ class History:
         return "\n".join(["history:", *(f"  {step}" for step in self.steps)])
 
 
-def feed_from(
-    ledger: ConsentLedger, after: int, limit: int, end: int
-) -> Iterator[dict[str, Any]]:
+def feed_from(ledger: ConsentLedger, after: int, limit: int, end: int) -> Iterator[dict[str, Any]]:
     """Every event from cursor `after` to `end`, page by page, checking the pages chain."""
     cursor = after
     while cursor < end:
@@ -570,9 +579,7 @@ def test_effects_applied_to_a_cache_give_the_answers_after_them(
         ),
     ],
 )
-def test_worked_histories(
-    ledgers: tuple[str, LedgerFactory], operations: list[object]
-) -> None:
+def test_worked_histories(ledgers: tuple[str, LedgerFactory], operations: list[object]) -> None:
     _, fresh = ledgers
     with fresh() as led:
         run_history(led, operations, [1, 3])
