@@ -318,6 +318,14 @@ class Decide:
 
 
 @dataclass(frozen=True)
+class DecideMany:
+    """Several decisions for one subject in one append (one transaction, one time)."""
+
+    subject: str
+    decisions: tuple[Decide, ...]
+
+
+@dataclass(frozen=True)
 class Erase:
     subject: str
 
@@ -344,7 +352,9 @@ decides = st.builds(
     st.one_of(st.none(), st.integers(1, 3)),
     st.sampled_from((None, None, "far", "past")),
 )
+decide_many = st.builds(DecideMany, subjects, st.lists(decides, min_size=2, max_size=4).map(tuple))
 operations = st.one_of(
+    decide_many,
     decides,
     decides,
     decides,
@@ -388,8 +398,16 @@ class History:
             self.refs[op.subject] = sealed.entries[0].body["data"]["subject"]
 
     def _decide(self, op: Decide) -> None:
-        if op.subject not in self.refs or op.subject in self.erased:
+        self._decidemany(DecideMany(op.subject, (op,)))
+
+    def _decidemany(self, many: DecideMany) -> None:
+        if many.subject not in self.refs or many.subject in self.erased:
             return
+        self.ledger.record_consents(
+            many.subject, [self._request(op) for op in many.decisions], actor=ACTOR
+        )
+
+    def _request(self, op: Decide) -> DecisionRequest:
         start = parse_timestamp(self.start)
         effective = None
         if op.effective is not None:
@@ -399,10 +417,9 @@ class History:
             expires = format_timestamp(start + timedelta(days=365))
         elif op.expires == "past" and effective is not None:
             expires = format_timestamp(start - timedelta(hours=12))
-        request = DecisionRequest(
+        return DecisionRequest(
             op.category, op.decision, op.purpose, op.explicit, effective=effective, expires=expires
         )
-        self.ledger.record_consents(op.subject, [request], actor=ACTOR)
 
     def _erase(self, op: Erase) -> None:
         if op.subject not in self.refs or op.subject in self.erased:
@@ -416,10 +433,13 @@ class History:
         self.ledger.publish_policy(policy, actor=ACTOR)
 
     def record_answers(self) -> None:
-        """Every subject's answer for every pair, at this tree size and the fixed instant."""
+        """Every subject's answer for every pair at the fixed instant, at every tree size
+        since the last one recorded (inside a transaction of several entries too)."""
         size = self.ledger.tree_size()
-        if size in self.answers:
-            return
+        for as_of in range(max(self.answers, default=size - 1) + 1, size + 1):
+            self._record_answers_at(as_of)
+
+    def _record_answers_at(self, size: int) -> None:
         policy = self.ledger.current_policy()
         items = [
             (subject, category, purpose)
@@ -576,6 +596,29 @@ def test_effects_applied_to_a_cache_give_the_answers_after_them(
                 Publish("nothing-special"),
             ],
             id="special-ties-expired-minor-policies",
+        ),
+        pytest.param(
+            [
+                Register("s2", "US", False),
+                Register("s3", None, False),
+                DecideMany(
+                    "s2",
+                    (
+                        Decide("s2", "content.public", "*", "withdrawn", False, None, None),
+                        Decide("s2", "content", "ai-training", "granted", False, None, None),
+                        Decide("s2", "*", "data-mining", "granted", False, 1, "far"),
+                    ),
+                ),
+                Publish("allow-activity-when-unknown"),
+                DecideMany(
+                    "s3",
+                    (
+                        Decide("s3", "activity", "*", "denied", False, 2, None),
+                        Decide("s3", "*", "*", "granted", False, 2, None),  # tie: seq decides
+                    ),
+                ),
+            ],
+            id="several-decisions-in-one-append",
         ),
     ],
 )
