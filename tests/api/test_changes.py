@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,10 +21,11 @@ from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy
 from ledger.service import ConsentLedger
 from ledger.settings import Settings
+from ledger.timestamps import format_timestamp, utc_now
 from ledger.tlog import merkle
 from ledger.tlog.canonical import parse_canonical
 from ledger.tlog.notes import Checkpoint, VerifierKey, open_checkpoint
-from tests.api.helpers import Keys, assert_problem, record, register
+from tests.api.helpers import Keys, assert_problem, check, record, register
 from tests.api.test_datasets import ndjson, post_build
 from tests.conftest import TEST_ORIGIN
 
@@ -332,6 +334,31 @@ def test_a_withdrawal_that_hits_a_build_names_its_obligations(
     (built,) = [e for e in all_events(client, keys) if e["kind"] == "dataset.recorded"]
     assert (built["subject"], built["effect"], built["obligations"]) == (None, [], [])
     assert (built["dataset"], built["version"], built["records"]) == ("posts-train", "1", 3)
+
+
+def test_a_withdrawal_dated_just_after_its_entry_still_reaches_the_feed(
+    client: TestClient, keys: Keys
+) -> None:
+    # A platform stamps `effective` with its own clock, a little ahead of the ledger's.
+    # The withdrawal is in force two seconds later, and no later entry will say so: if its
+    # own event carries no effect, a cache that follows the feed keeps answering
+    # "eligible" for good. (Contract question for SPEC §8: today the effect is taken at
+    # the entry's time only.)
+    register(client, keys, "u1", jurisdiction="US")
+    effective = format_timestamp(utc_now() + timedelta(seconds=2))
+    record(
+        client,
+        keys,
+        "u1",
+        {"category": "content.public", "decision": "withdrawn", "effective": effective},
+    )
+    event = all_events(client, keys)[-1]
+    time.sleep(2.2)
+    answer = check(client, keys, subject_id="u1", category="content.public").json()
+    assert (answer["eligible"], answer["reason"]) == (False, "withdrawn")
+    assert ("content.public", "ai-training", False, "withdrawn") in effect_of(event), event[
+        "effect"
+    ]
 
 
 # --- long-poll --------------------------------------------------------------------------------

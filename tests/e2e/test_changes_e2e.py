@@ -227,17 +227,23 @@ def test_an_idle_stream_sends_heartbeats(deployment: Deployment) -> None:
     batches = Batches(deployment, size)
     with stream(deployment, key, size) as lines:
         started = time.monotonic()
-        arrived, line = lines.next(timeout=HEARTBEAT + 3)
+        first, line = lines.next(timeout=HEARTBEAT + 3)
         assert line == {"next": size}, line
-        assert arrived - started <= HEARTBEAT + 1.0
+        assert first - started <= HEARTBEAT + 1.0
         batches.take(line)
-        # A write after a heartbeat still arrives.
+        second, line = lines.next(timeout=HEARTBEAT + 3)
+        assert line == {"next": size}, line
+        batches.take(line)
+        # A write after heartbeats still arrives.
         cli(deployment, "subject", "register", "after-heartbeat")
         _, line = lines.next(timeout=10)
         assert line["seq"] == size
         batches.take(line)
         batches.take(lines.next(timeout=5)[1])
     assert len(batches.events) == 1
+    # SPEC §8: "at least every 15 s", so no silence longer than that (a proxy or client
+    # with a 15 s idle timeout must not drop the stream).
+    assert second - first <= HEARTBEAT, f"{second - first:.3f} s between heartbeats"
 
 
 def test_a_stream_refuses_bad_input_before_it_starts(deployment: Deployment) -> None:
