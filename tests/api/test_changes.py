@@ -281,6 +281,22 @@ def test_an_erasure_turns_every_eligible_pair(client: TestClient, keys: Keys) ->
     assert effect_of(event) == {(c, p, False, "erased") for c, p in eligible_before}
 
 
+def test_an_update_turns_what_the_new_regime_decides(client: TestClient, keys: Keys) -> None:
+    register(client, keys, "u1", jurisdiction="US")
+    record(client, keys, "u1", {"category": "profile", "decision": "granted"})
+    register(client, keys, "u1", jurisdiction="DE")  # opt-in now: only the grant stands
+    event = all_events(client, keys)[-1]
+    assert event["kind"] == "subject.updated"
+    assert event["jurisdiction"] == "DE"
+    assert effect_of(event) == {
+        (c, p, False, "default-deny") for c, p in US_DEFAULT_ALLOW if not c.startswith("profile")
+    }
+    register(client, keys, "u1", jurisdiction="DE", minor=True)
+    assert effect_of(all_events(client, keys)[-1]) == {
+        (c, p, False, "minor") for c, p in US_DEFAULT_ALLOW if c.startswith("profile")
+    }
+
+
 def test_a_policy_publication_lists_the_pairs_it_changed(
     client: TestClient, keys: Keys, ledger: ConsentLedger
 ) -> None:
@@ -316,9 +332,19 @@ def test_a_withdrawal_that_hits_a_build_names_its_obligations(
         ),
     )
     assert lines[-1]["build"]["records"] == 3
+    media = post_build(
+        client,
+        keys,
+        ndjson({"record_id": "clip-1", "subject_id": "u0", "category": "content.public"}),
+        path="/v1/datasets/media-train/versions/2",
+    )
+    assert media[-1]["build"]["records"] == 1
     record(client, keys, "u0", {"category": "content.public", "decision": "withdrawn"})
     withdrawal = all_events(client, keys)[-1]
-    assert withdrawal["obligations"] == [{"dataset": "posts-train", "version": "1", "records": 2}]
+    assert withdrawal["obligations"] == [
+        {"dataset": "media-train", "version": "2", "records": 1},
+        {"dataset": "posts-train", "version": "1", "records": 2},
+    ]
     # A decision that turns nothing opens nothing.
     record(client, keys, "u1", {"category": "location", "decision": "denied"})
     assert all_events(client, keys)[-1]["obligations"] == []
@@ -331,7 +357,7 @@ def test_a_withdrawal_that_hits_a_build_names_its_obligations(
     assert erasure["kind"] == "subject.erased"
     assert erasure["obligations"] == [{"dataset": "posts-train", "version": "1", "records": 1}]
     # The build's own entry has no subject and no effect.
-    (built,) = [e for e in all_events(client, keys) if e["kind"] == "dataset.recorded"]
+    built, _ = [e for e in all_events(client, keys) if e["kind"] == "dataset.recorded"]
     assert (built["subject"], built["effect"], built["obligations"]) == (None, [], [])
     assert (built["dataset"], built["version"], built["records"]) == ("posts-train", "1", 3)
 
