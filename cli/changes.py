@@ -72,10 +72,21 @@ def describe(event: dict[str, Any]) -> Text:
     if what:
         line.append(f"  {what}")
     turned = [item for item in event["effect"] if "eligible" in item]
-    for eligible, style in ((True, "green"), (False, "red")):
-        pairs = [item for item in turned if item["eligible"] is eligible]
+    instants = sorted({item.get("from") or "" for item in turned})
+    for since, eligible, style in (
+        (since, eligible, style)
+        for since in instants
+        for eligible, style in ((True, "green"), (False, "red"))
+    ):
+        pairs = [
+            item
+            for item in turned
+            if item["eligible"] is eligible and (item.get("from") or "") == since
+        ]
         if pairs:
             label = "eligible" if eligible else "not eligible"
+            if since:
+                label += f" from {since[:19]}Z"
             reasons = sorted({item["reason"] for item in pairs})
             names = ", ".join(f"{item['category']}×{item['purpose']}" for item in pairs)
             line.append(f"  → {label} ({'/'.join(reasons)}): {names}", style=style)

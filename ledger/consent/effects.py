@@ -6,9 +6,11 @@ with it, evaluated at one instant with the same §3.4 function as checks
 (`ledger.consent.eligibility.decide`). Because every effect of a run of entries is
 taken at one instant, applying them in order to a cache of answers built before
 the run gives the answers after it. The feed takes each entry's effect at the
-entry's own time, or for a decision dated later than its entry at the instant it
-takes effect (no later entry will announce it); an expiry changes answers with no
-entry at all, so a cache schedules it from the decision's `expires`.
+entry's own time. What an entry changes only later is announced now with the
+instant it holds from (`since`, `"from"` in JSON): a decision dated after its entry
+at its `effective`, and a subject's registration, update or erasure also at each
+instant one of its decisions is still to take effect. An expiry changes answers
+with no entry at all, so a cache schedules it from the decision's `expires`.
 
 A policy's effect names the pairs whose rules (prohibited, special, the default
 in any jurisdiction, minors) differ from the previous policy's: it concerns every
@@ -34,20 +36,28 @@ Pair = tuple[str, str]
 
 
 class PairEffect(NamedTuple):
-    """A pair whose eligibility an entry changed, and its answer after the entry."""
+    """A pair whose eligibility an entry changed, and its answer after the entry.
+
+    `since` is set when the answer holds only from a later instant (a decision dated
+    after its entry): a cache applies the item then, not now.
+    """
 
     category: str
     purpose: str
     eligible: bool
     reason: str
+    since: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        item: dict[str, object] = {
             "category": self.category,
             "purpose": self.purpose,
             "eligible": self.eligible,
             "reason": self.reason,
         }
+        if self.since is not None:
+            item["from"] = self.since
+        return item
 
 
 _NO_EFFECT: Final[tuple[PairEffect, ...]] = ()

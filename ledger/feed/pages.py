@@ -275,11 +275,18 @@ def _subject_effect(
             effective=data["effective"],
             expires=data["expires"],
         )
-        # A decision dated later than its entry (a platform's clock ahead of the ledger's,
-        # a withdrawal from next month) changes answers when it takes effect, and no later
-        # entry will say so: its effect is taken at that instant.
-        at = decision.effective if decision.effective > time else time
-        effect = evaluator.decision_effect(subject.state, subject.decisions, decision, at)
+        if decision.effective <= time:
+            effect = evaluator.decision_effect(subject.state, subject.decisions, decision, time)
+        else:
+            # Dated later than its entry (a platform's clock ahead of the ledger's, a
+            # withdrawal from next month): it changes answers when it takes effect, and no
+            # later entry will say so. Announced now, holding from then.
+            effect = tuple(
+                item._replace(since=decision.effective)
+                for item in evaluator.decision_effect(
+                    subject.state, subject.decisions, decision, decision.effective
+                )
+            )
         subject.decisions.append(decision)
         return effect
     old_state = subject.state
@@ -289,8 +296,18 @@ def _subject_effect(
         jurisdiction = data.get("jurisdiction", subject.row[0])
         minor = bool(data.get("minor", subject.row[1]))
     subject.set_row(jurisdiction, minor, kind == _ERASED)
-    assert subject.state is not None
-    return evaluator.state_effect(old_state, subject.state, subject.decisions, time)
+    new_state = subject.state
+    assert new_state is not None
+    effect = evaluator.state_effect(old_state, new_state, subject.decisions, time)
+    # Decisions still to take effect change answers later under the old state; what the
+    # new state changes about them is announced with the instant it holds from.
+    pending = sorted({d.effective for d in subject.decisions if d.effective > time})
+    for instant in pending:
+        effect += tuple(
+            item._replace(since=instant)
+            for item in evaluator.state_effect(old_state, new_state, subject.decisions, instant)
+        )
+    return effect
 
 
 # --- reads ------------------------------------------------------------------------------

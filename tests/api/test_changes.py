@@ -387,6 +387,42 @@ def test_a_withdrawal_dated_just_after_its_entry_still_reaches_the_feed(
     ]
 
 
+def test_what_a_decision_dated_later_changes_is_announced_with_the_instant_it_holds_from(
+    client: TestClient, keys: Keys
+) -> None:
+    # A grant from next month, then an erasure today: a cache that applied the grant
+    # `from` next month must also learn that, from then on, the answer is `erased`.
+    register(client, keys, "u1", jurisdiction="DE")  # GDPR: opt-in, default-deny
+    effective = format_timestamp(utc_now() + timedelta(days=30))
+    record(
+        client,
+        keys,
+        "u1",
+        {"category": "content.public", "decision": "granted", "effective": effective},
+    )
+    grant = all_events(client, keys)[-1]
+    assert {
+        "category": "content.public",
+        "purpose": "ai-training",
+        "eligible": True,
+        "reason": "consent",
+        "from": effective,
+    } in grant["effect"]
+    answer = check(client, keys, subject_id="u1", category="content.public").json()
+    assert answer["eligible"] is False  # not yet
+    erased = client.delete("/v1/subjects/u1", headers=keys.headers("admin"))
+    assert erased.status_code == 200, erased.text
+    erasure = all_events(client, keys)[-1]
+    assert erasure["kind"] == "subject.erased"
+    assert {
+        "category": "content.public",
+        "purpose": "ai-training",
+        "eligible": False,
+        "reason": "erased",
+        "from": effective,
+    } in erasure["effect"]
+
+
 # --- long-poll --------------------------------------------------------------------------------
 
 
