@@ -575,7 +575,7 @@ def p8_feed_resume(ctx: Context) -> list[Result]:
             f"early {ms('in-process early'):,.0f} ms "
             f"({ms('in-process late') / ms('in-process early'):.2f}×); bare SQL read of the "
             f"same entries: late {ms('sql late'):,.1f} ms, early {ms('sql early'):,.1f} ms; "
-            f"HTTP p99-ish (max) late {max(times['http late']) * 1000:,.0f} ms, early "
+            f"slowest HTTP page: late {max(times['http late']) * 1000:,.0f} ms, early "
             f"{max(times['http early']) * 1000:,.0f} ms",
         )
     ]
