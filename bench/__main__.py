@@ -32,7 +32,7 @@ CORES_NOTE = (
     f"{os.cpu_count()} cores. Children (`import`, `verify`, `filter`) and in-process threads "
     "are pinned to nothing: Python holds one core (GIL) and the database takes the other "
     "(PostgreSQL server; SQLite runs inside the Python process). HTTP targets (P1, P2, P4, "
-    f"P7 API): {CORES_TEXT}."
+    f"P7 API, P8): {CORES_TEXT}."
 )
 
 
