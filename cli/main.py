@@ -11,6 +11,7 @@ import orjson
 import typer
 
 from cli import clients, consent, datasets, demo, keys, policy, proof, report, subject
+from cli.changes import changes_command
 from cli.common import (
     JSON_OPTION,
     console,
@@ -47,6 +48,7 @@ app.add_typer(report.app, name="report")
 app.add_typer(datasets.app, name="dataset")
 app.command("verify-report")(report.verify_report_command)
 app.command("import")(import_command)
+app.command("changes")(changes_command)
 
 
 def _version(value: bool) -> None:

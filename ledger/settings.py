@@ -34,6 +34,15 @@ class Settings(BaseSettings):
         description="Seconds between sweeps of purge obligations while `serve` runs "
         "(decisions taking effect or expiring, a policy's re-evaluation); 0 turns it off.",
     )
+    feed_heartbeat_seconds: float = Field(
+        # Below the 15 s ceiling by a margin: a wait ends a little late (the head read,
+        # a busy event loop), and a heartbeat must never be.
+        default=10.0,
+        gt=0,
+        le=14.0,
+        description="Most seconds an idle change-feed stream stays silent before a heartbeat "
+        "line (SPEC §8: at least every 15 s; proxies drop connections silent for longer).",
+    )
     subject_cache_mb: int = Field(
         default=160,
         ge=0,

@@ -18,9 +18,8 @@ router = APIRouter(prefix="/v1", tags=["changes"])
 
 FeedClient = Annotated[Client, Depends(require("feed"))]
 
-# The longest long-poll (SPEC §8), and the most a stream stays silent while idle.
+# The longest long-poll (SPEC §8); how long a stream may stay idle is a setting.
 MAX_WAIT = 30.0
-HEARTBEAT = 15.0
 NDJSON = "application/x-ndjson"
 
 
@@ -52,21 +51,24 @@ async def changes(
     and `proof` proves every event into `checkpoint` at once (a range proof)."""
     page = await run_in_threadpool(ledger.changes, after, limit)
     if NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(_stream(ledger, page, limit), media_type=NDJSON)
+        heartbeat = ledger.settings.feed_heartbeat_seconds
+        return StreamingResponse(_stream(ledger, page, limit, heartbeat), media_type=NDJSON)
     if not page.events and wait > 0:
         await ledger.wait_beyond(page.next, wait)
         page = await run_in_threadpool(ledger.changes, after, limit)
     return Response(orjson.dumps(page.to_json()), media_type="application/json")
 
 
-async def _stream(ledger: ConsentLedger, page: ChangePage, limit: int) -> AsyncIterator[bytes]:
+async def _stream(
+    ledger: ConsentLedger, page: ChangePage, limit: int, heartbeat: float
+) -> AsyncIterator[bytes]:
     """Batches as they are committed (by any process), each ended by its proof; a
     heartbeat while idle. Runs until the client leaves (Starlette then cancels it)."""
     while True:
         if page.events:
             yield _batch(page)
         elif page.next >= page.tree_size:
-            size = await ledger.wait_beyond(page.next, HEARTBEAT)
+            size = await ledger.wait_beyond(page.next, heartbeat)
             if size <= page.next:
                 yield orjson.dumps({"next": page.next}) + b"\n"
                 continue

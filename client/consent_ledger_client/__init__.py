@@ -21,12 +21,18 @@
         due = [o["record_id"] for o in ledger.obligations("posts-train", status="open")]
         ledger.purge("posts-train", "1", due)
 
+        # Follow what changes, each event proven against the signed log.
+        for event in ledger.changes(after=cursor.load()):
+            invalidate(event.subject_id, event.effect)
+            cursor.save(event.cursor)
+
 Every receipt and checkpoint is verified with `ledger.tlog.notes` and
 `ledger.tlog.merkle`, the same code the ledger and its auditors use: the
 client carries a generated copy of it in `consent_ledger_client._kernel`
 (`python client/generate_kernel.py`; a test keeps the copy identical).
 """
 
+from consent_ledger_client.changes import ChangeEvent, ChangeFeed, VerifiedChanges, verify_changes
 from consent_ledger_client.core import ConsentLedgerClient, FilterResult, Receipt, VerifiedBundle
 from consent_ledger_client.datasets import (
     BuildRecording,
@@ -45,10 +51,17 @@ from consent_ledger_client.errors import (
     VerificationError,
 )
 from consent_ledger_client.trust import TrustedLog
+from consent_ledger_client.webhooks import (
+    WebhookDelivery,
+    WebhookReceiver,
+    WebhookSignatureError,
+)
 
 __all__ = [
     "ApiError",
     "BuildRecording",
+    "ChangeEvent",
+    "ChangeFeed",
     "ClientError",
     "ConsentLedgerClient",
     "FilterResult",
@@ -63,5 +76,10 @@ __all__ = [
     "TrustedLog",
     "VerificationError",
     "VerifiedBundle",
+    "VerifiedChanges",
+    "WebhookDelivery",
+    "WebhookReceiver",
+    "WebhookSignatureError",
+    "verify_changes",
     "verify_member_proof",
 ]

@@ -21,6 +21,12 @@ from consent_ledger_client._kernel.errors import InvalidInput
 from consent_ledger_client._kernel.errors import VerificationError as KernelVerificationError
 from consent_ledger_client._kernel.tlog.evidence import EvidenceBundle, verify_bundle
 from consent_ledger_client._kernel.tlog.notes import Checkpoint, VerifierKey, unb64
+from consent_ledger_client.changes import (
+    DEFAULT_IDLE_TIMEOUT,
+    ChangeFeed,
+    VerifiedChanges,
+    verify_changes,
+)
 from consent_ledger_client.datasets import (
     BuildRecording,
     MemberProof,
@@ -608,6 +614,48 @@ class ConsentLedgerClient:
             entries=tuple(item.entry for item in bundle.entries),
             document=document,
         )
+
+    # --- the change feed (SPEC §8) -----------------------------------------------------------
+
+    def changes(
+        self,
+        after: int = 0,
+        *,
+        follow: bool = True,
+        stream: bool = True,
+        limit: int | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_retries: int | None = None,
+        retry_delay: float = 0.25,
+        max_retry_delay: float = 30.0,
+    ) -> ChangeFeed:
+        """The log's events after cursor `after` (a tree size), verified (`feed` scope).
+
+        An iterator of `ChangeEvent`s (see `ChangeFeed`): with `follow` it never
+        ends, waiting for new events on the NDJSON stream (or, with
+        ``stream=False``, by long-polling pages); without, it stops at the head.
+        Every batch is verified (checkpoint signature and consistency, each
+        event's canonical bytes, one range proof for all) before any of its events
+        is handed over; `feed.cursor` is where to resume after a restart. A dropped
+        connection is retried from that cursor; `max_retries` (None: for ever)
+        bounds the failures in a row.
+        """
+        return ChangeFeed(
+            self,
+            after,
+            follow=follow,
+            stream=stream,
+            limit=limit,
+            idle_timeout=idle_timeout,
+            max_retries=max_retries if max_retries is not None or follow else self.retries,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
+        )
+
+    def verify_changes(self, document: Any, *, after: int | None = None) -> VerifiedChanges:
+        """Verify a page of changes or a webhook delivery's `data` against this client's
+        trust store (signature and consistency); see `verify_changes`."""
+        return verify_changes(document, self.trust, after=after)
 
     # --- datasets (SPEC §7) ------------------------------------------------------------------
 

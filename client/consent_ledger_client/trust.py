@@ -112,11 +112,17 @@ class TrustedLog:
         """Verify a signed checkpoint note; see `accept`."""
         return self.accept(self.open(note, claimed_key=claimed_key), note)
 
-    def accept(self, checkpoint: Checkpoint, note: str) -> Checkpoint:
+    def accept(
+        self, checkpoint: Checkpoint, note: str, *, prefix: tuple[int, bytes] | None = None
+    ) -> Checkpoint:
         """Check an already signature-verified checkpoint against the trusted one.
 
         The first checkpoint ever seen (no trust store yet) is trusted as it is:
-        its signature is all there is to check.
+        its signature is all there is to check. `prefix` is (size, root) of a
+        prefix of the checkpoint's tree that the caller has already proven (a
+        range proof of entries from `size` on holds the subtrees left of them,
+        which fold into that prefix's root): when it is the trusted checkpoint,
+        the new one extends it without a consistency proof to fetch.
         """
         if self._fetch_proof is None:
             return checkpoint
@@ -132,7 +138,8 @@ class TrustedLog:
                         subject=f"checkpoint {checkpoint.size}",
                     )
             elif checkpoint.size > trusted.size:
-                self._prove(trusted, checkpoint)
+                if prefix != (trusted.size, trusted.root):
+                    self._prove(trusted, checkpoint)
                 self._remember(checkpoint, note)
             else:
                 self._prove(checkpoint, trusted)

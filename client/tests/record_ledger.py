@@ -9,6 +9,12 @@ answer, keyed as `session.exchange_key` keys them. It adds every consistency
 proof between the sizes seen, a checkpoint of another history signed by the
 ledger's key, and a checkpoint of the right log signed by another key.
 
+`data/changes.json` holds pages of the change feed (SPEC §8), each the `to_json()`
+of the ledger's own page (what `GET /v1/changes` sends): after every cursor, two
+entries at a time and to the head, a page filtered by kind (as a webhook endpoint
+subscribed to some kinds gets it), and a checkpoint of another history at the
+head's size signed by the ledger's key.
+
 `data/datasets.json` holds what a ledger answers about datasets (SPEC §7): a
 build's answer lines and its last line, obligation pages, a purge and member
 proofs, each the `to_json()` of the ledger's own result (the documents its API
@@ -34,6 +40,7 @@ with warnings.catch_warnings():
 from api.app import create_app
 from consent_ledger_client import ConsentLedgerClient
 from ledger.consent.decisions import DecisionRequest
+from ledger.demo import demo_policy_change
 from ledger.service import BuildItem, ConsentLedger
 from ledger.service.clients import create_client
 from ledger.service.keys import SigningKey
@@ -45,6 +52,9 @@ import session  # noqa: E402  (this directory, as pytest's `pythonpath` has it)
 
 OUTPUT = Path(__file__).resolve().parent / "data" / "ledger.json"
 DATASETS = OUTPUT.with_name("datasets.json")
+CHANGES = OUTPUT.with_name("changes.json")
+# The kinds of the filtered page: what a platform that acts on withdrawals subscribes to.
+CHANGE_KINDS = frozenset({"consent.recorded", "subject.erased"})
 ORIGIN = "recorded.example/ledger"
 # us-1, us-2: US opt-out defaults; de-1: GDPR, granted public posts; de-2: GDPR, never asked.
 DATASET_SUBJECTS = (("us-1", "US"), ("us-2", "US"), ("de-1", "DE"), ("de-2", "DE"))
@@ -187,9 +197,62 @@ def record_datasets(home: Path) -> dict[str, Any]:
         ledger.close()
 
 
+def record_changes(home: Path) -> dict[str, Any]:
+    """Subjects, a decision, a build, a withdrawal that opens an obligation, an erasure and
+    a policy change, then the feed's pages over all of it."""
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'ledger.db'}")
+    ledger, _ = ConsentLedger.initialize(settings, origin=ORIGIN, actor="recorder")
+    actor = "recorder"
+    try:
+        for subject_id, jurisdiction in DATASET_SUBJECTS:
+            ledger.register_subject(subject_id, jurisdiction=jurisdiction, actor=actor)
+        ledger.record_consents(
+            "de-1", [DecisionRequest(category="content.public", decision="granted")], actor=actor
+        )
+        with ledger.dataset_recorder("posts-train", "1", actor=actor) as recorder:
+            recorder.check(
+                [BuildItem(line, *item) for line, item in enumerate(BUILD_ITEMS[:3], start=1)]
+            )
+            recorder.finish()
+        ledger.record_consents(
+            "us-1", [DecisionRequest(category="*", decision="withdrawn")], actor=actor
+        )
+        ledger.erase_subject("us-2", actor=actor)
+        ledger.publish_policy(demo_policy_change(ledger.current_policy()), actor=actor)
+        size = ledger.tree_size()
+        pages = {
+            f"{after}/{limit}": ledger.changes(after, limit).to_json()
+            for limit in (2, 1000)
+            for after in range(size + 1)
+        }
+        filtered = ledger.changes(0, 1000, kinds=CHANGE_KINDS).to_json()
+        forged = Checkpoint(ORIGIN, size, hashlib.sha256(b"another history").digest())
+        return {
+            "about": (
+                "Pages of a real consent-ledger's change feed (SPEC §8), keyed AFTER/LIMIT, "
+                "as its API sends them; written by client/tests/record_ledger.py."
+            ),
+            "verifier_key": ledger.verifier_key(),
+            "tree_size": size,
+            "pages": pages,
+            "filtered": {"kinds": sorted(CHANGE_KINDS), "page": filtered},
+            "forged_checkpoint": sign_checkpoint(forged, [ledger.signing_key()]),
+        }
+    finally:
+        ledger.close()
+
+
 def main() -> None:
+    """Record every file, or only those named (`changes.json` …) on the command line."""
     OUTPUT.parent.mkdir(exist_ok=True)
-    for output, make in ((OUTPUT, record), (DATASETS, record_datasets)):
+    wanted = set(sys.argv[1:])
+    for output, make in (
+        (OUTPUT, record),
+        (DATASETS, record_datasets),
+        (CHANGES, record_changes),
+    ):
+        if wanted and output.name not in wanted:
+            continue
         with tempfile.TemporaryDirectory() as home:
             document = make(Path(home))
         output.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")

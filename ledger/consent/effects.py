@@ -6,8 +6,9 @@ with it, evaluated at one instant with the same §3.4 function as checks
 (`ledger.consent.eligibility.decide`). Because every effect of a run of entries is
 taken at one instant, applying them in order to a cache of answers built before
 the run gives the answers after it. The feed takes each entry's effect at the
-entry's own time: what changes later by itself (a decision taking effect on a
-future date, or expiring) is in the entry's data, not in a later entry.
+entry's own time, or for a decision dated later than its entry at the instant it
+takes effect (no later entry will announce it); an expiry changes answers with no
+entry at all, so a cache schedules it from the decision's `expires`.
 
 A policy's effect names the pairs whose rules (prohibited, special, the default
 in any jurisdiction, minors) differ from the previous policy's: it concerns every
@@ -50,12 +51,13 @@ class PairEffect(NamedTuple):
 
 
 _NO_EFFECT: Final[tuple[PairEffect, ...]] = ()
+_REASON: Final = {"granted": "consent", "denied": "refused", "withdrawn": "withdrawn"}
 
 
 class EffectEvaluator:
     """Effects of subject entries under one policy: its pairs and their rules, worked out once."""
 
-    __slots__ = ("_pairs", "_policy", "_scoped", "_undecided")
+    __slots__ = ("_pairs", "_policy", "_scoped", "_state_effects", "_undecided")
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
@@ -68,6 +70,9 @@ class EffectEvaluator:
         # The answers of a subject without decisions depend only on its state: registrations
         # share them.
         self._undecided: dict[SubjectState | None, tuple[Eligibility, ...]] = {}
+        self._state_effects: dict[
+            tuple[SubjectState | None, SubjectState], tuple[PairEffect, ...]
+        ] = {}
 
     @property
     def policy(self) -> Policy:
@@ -112,19 +117,56 @@ class EffectEvaluator:
         decision: Decision,
         at: str,
     ) -> tuple[PairEffect, ...]:
-        """The effect of recording `decision` for a subject in `state` with decisions `before`."""
+        """The effect of recording `decision` for a subject in `state` with decisions `before`.
+
+        Equal to comparing `decide` with and without it, pair by pair, in one pass: the
+        new decision changes a pair's answer only if it is the pair's latest applicable
+        decision after it and says otherwise than the answer before it.
+        """
         if state is None or not state.registered or state.erased:
             return _NO_EFFECT  # rules 1 and 2 answer whatever the decisions say
-        if decision.effective > at or (decision.expires is not None and at >= decision.expires):
-            return _NO_EFFECT  # not in force at `at`: it cannot decide anything yet
         policy = self._policy
-        after = [*before, decision]
-        changed = []
+        if state.minor and not policy.minors_eligible:
+            return _NO_EFFECT  # rule 4, whatever the decisions say
+        effective, seq = decision.effective, decision.seq
+        if effective > at or (decision.expires is not None and at >= decision.expires):
+            return _NO_EFFECT  # not in force at `at`: it decides nothing yet
+        granted = decision.decision == "granted"
+        regime = policy.regime_of(state.jurisdiction)
+        changed: list[PairEffect] = []
         for category, purpose, rules in self._in_scope(decision.category, decision.purpose):
-            old = decide(policy, rules, state, before, category, purpose, at)
-            new = decide(policy, rules, state, after, category, purpose, at)
-            if old.eligible != new.eligible:
-                changed.append(PairEffect(category, purpose, new.eligible, new.reason))
+            if rules.prohibited:
+                continue  # rule 3
+            special = rules.special
+            if special and granted and not decision.explicit:
+                continue  # a non-explicit grant cannot decide a special category
+            categories, purposes = rules.categories, rules.purposes
+            latest: Decision | None = None
+            for other in before:
+                if other.category not in categories or other.purpose not in purposes:
+                    continue
+                if other.effective > at or (other.expires is not None and at >= other.expires):
+                    continue
+                if special and other.decision == "granted" and not other.explicit:
+                    continue
+                if (
+                    latest is None
+                    or other.effective > latest.effective
+                    or (other.effective == latest.effective and other.seq > latest.seq)
+                ):
+                    latest = other
+            if latest is not None:
+                if latest.effective > effective or (
+                    latest.effective == effective and latest.seq > seq
+                ):
+                    continue  # an applicable decision later than this one still decides
+                was_eligible = latest.decision == "granted"
+            elif special:
+                was_eligible = False  # rule 6
+            else:
+                was_eligible = policy.default_for(regime, category, purpose) == "allow"
+            if was_eligible != granted:
+                changed.append(PairEffect(category, purpose, granted, _REASON[decision.decision]))
         return tuple(changed)
 
     def state_effect(
@@ -135,6 +177,23 @@ class EffectEvaluator:
         at: str,
     ) -> tuple[PairEffect, ...]:
         """The effect of a subject's registration, update or erasure (`decisions` unchanged)."""
+        if not decisions:
+            # A registration, mostly: the same few states over and over.
+            known = self._state_effects.get((old_state, new_state))
+            if known is None:
+                known = self._state_effects[old_state, new_state] = self._state_effect(
+                    old_state, new_state, decisions, at
+                )
+            return known
+        return self._state_effect(old_state, new_state, decisions, at)
+
+    def _state_effect(
+        self,
+        old_state: SubjectState | None,
+        new_state: SubjectState,
+        decisions: Sequence[Decision],
+        at: str,
+    ) -> tuple[PairEffect, ...]:
         old = self.answers(old_state, decisions, at)
         new = self.answers(new_state, decisions, at)
         return tuple(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,14 +18,11 @@ from ledger.consent.eligibility import Decision, SubjectState
 from ledger.consent.entries import SUBJECT_KINDS, EntryKind
 from ledger.consent.policy import Policy
 from ledger.errors import InvalidInput
-from ledger.store.db import in_chunks
+from ledger.store.db import IN_CLAUSE_LIMIT, in_chunks
 from ledger.store.schema import (
-    ConsentDecision,
     DatasetBuild,
     DatasetObligation,
     PolicyVersion,
-    SubjectMapping,
-    SubjectVersion,
 )
 from ledger.tlog import log, merkle
 from ledger.tlog.log import DbNodeReader
@@ -142,12 +139,18 @@ class FeedReader:
     # --- events ------------------------------------------------------------------------
 
     def _events(
-        self, session: Session, after: int, end: int, entries: list[tuple[int, str | None, bytes]]
+        self,
+        session: Session,
+        after: int,
+        end: int,
+        entries: list[tuple[int, str, str | None, bytes]],
     ) -> list[dict[str, Any]]:
         if not entries:
             return []
-        refs = {ref for _, ref, _ in entries if ref is not None}
-        subjects = _subjects_before(session, refs, after)
+        refs = {ref for _, _, ref, _ in entries if ref is not None}
+        # A subject registered in this page has no decisions before it.
+        deciding = refs - {ref for _, kind, ref, _ in entries if kind == _REGISTERED}
+        subjects = _subjects_before(session, refs, deciding, after)
         subject_ids = _subject_ids(session, refs)
         obligations = _obligations(session, after, end)
         policies = self._policies_before(session, end)
@@ -156,7 +159,7 @@ class FeedReader:
         events: list[dict[str, Any]] = []
         append = events.append
         loads = orjson.loads
-        for seq, ref, canonical in entries:
+        for seq, _, ref, canonical in entries:
             body = loads(canonical)
             kind = body["kind"]
             data = body["data"]
@@ -172,10 +175,8 @@ class FeedReader:
                     for category, purpose in policy_effect(previous, new)
                 ]
             elif ref is not None and kind in SUBJECT_KINDS and evaluator is not None:
-                effect = [
-                    item.to_json()
-                    for item in _subject_effect(evaluator, subjects[ref], seq, kind, data, time)
-                ]
+                turned = _subject_effect(evaluator, subjects[ref], seq, kind, data, time)
+                effect = _effect_json(turned) if turned else []
             else:
                 effect = []
             event = {
@@ -225,6 +226,21 @@ class FeedReader:
         return [(seq, self._evaluator(seq, documents.get(seq))) for seq in seqs]
 
 
+# Effects repeat (the same registration's, the same withdrawal's): their JSON is shared.
+_EFFECT_JSON: dict[tuple[PairEffect, ...], list[dict[str, object]]] = {}
+_EFFECT_JSON_LIMIT = 4096
+
+
+def _effect_json(effect: tuple[PairEffect, ...]) -> list[dict[str, object]]:
+    # Read-only once made: events only ever get serialised.
+    known = _EFFECT_JSON.get(effect)
+    if known is None:
+        if len(_EFFECT_JSON) >= _EFFECT_JSON_LIMIT:
+            _EFFECT_JSON.clear()
+        known = _EFFECT_JSON[effect] = [item.to_json() for item in effect]
+    return known
+
+
 def _renamed(data: dict[str, Any]) -> dict[str, Any]:
     # No kind's data uses an event field's name today; if one ever does, its value stays
     # in the event under `data.<name>` rather than being overwritten.
@@ -259,7 +275,11 @@ def _subject_effect(
             effective=data["effective"],
             expires=data["expires"],
         )
-        effect = evaluator.decision_effect(subject.state, subject.decisions, decision, time)
+        # A decision dated later than its entry (a platform's clock ahead of the ledger's,
+        # a withdrawal from next month) changes answers when it takes effect, and no later
+        # entry will say so: its effect is taken at that instant.
+        at = decision.effective if decision.effective > time else time
+        effect = evaluator.decision_effect(subject.state, subject.decisions, decision, at)
         subject.decisions.append(decision)
         return effect
     old_state = subject.state
@@ -276,8 +296,10 @@ def _subject_effect(
 # --- reads ------------------------------------------------------------------------------
 
 
-def _read_entries(session: Session, start: int, end: int) -> list[tuple[int, str | None, bytes]]:
-    """(seq, subject ref, canonical bytes) of entries start … end - 1."""
+def _read_entries(
+    session: Session, start: int, end: int
+) -> list[tuple[int, str, str | None, bytes]]:
+    """(seq, kind, subject ref, canonical bytes) of entries start … end - 1."""
     if start >= end:
         return []
     # The driver's cursor directly: SQLAlchemy's per-row processing would cost more than
@@ -287,7 +309,7 @@ def _read_entries(session: Session, start: int, end: int) -> list[tuple[int, str
     cursor = conn.connection.cursor()
     try:
         cursor.execute(
-            "SELECT seq, subject, canonical FROM log_entries "
+            "SELECT seq, kind, subject, canonical FROM log_entries "
             f"WHERE seq >= {placeholder} AND seq < {placeholder} ORDER BY seq",
             (start, end),
         )
@@ -296,61 +318,69 @@ def _read_entries(session: Session, start: int, end: int) -> list[tuple[int, str
         cursor.close()
     if len(rows) != end - start:
         raise InvalidInput(f"entries {start}..{end - 1} are incomplete: run `verify`")
-    return [(seq, ref, bytes(canonical)) for seq, ref, canonical in rows]
+    return [(seq, kind, ref, bytes(canonical)) for seq, kind, ref, canonical in rows]
 
 
-def _subjects_before(session: Session, refs: Iterable[str], before: int) -> dict[str, _Subject]:
-    """Each subject's latest attributes and every decision, from entries before `before`."""
+def _rows_for_refs(
+    session: Session, sql: str, refs: Collection[str], *params: object
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of `sql` for subject refs: `{refs}` in it becomes the refs' condition.
+
+    The driver's cursor, not SQLAlchemy: a page names up to 10,000 subjects, and compiling
+    expanding `IN` lists cost more than the queries. PostgreSQL takes them as one array;
+    SQLite as lists of bound parameters.
+    """
+    if not refs:
+        return
+    conn = session.connection()
+    cursor = conn.connection.cursor()
+    try:
+        if conn.dialect.name == "postgresql":
+            cursor.execute(sql.format(refs="= ANY(%s)").replace("?", "%s"), (list(refs), *params))
+            yield from cursor.fetchall()
+            return
+        ordered = sorted(refs)
+        for start in range(0, len(ordered), IN_CLAUSE_LIMIT):
+            chunk = ordered[start : start + IN_CLAUSE_LIMIT]
+            cursor.execute(sql.format(refs=f"IN ({','.join('?' * len(chunk))})"), (*chunk, *params))
+            yield from cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _subjects_before(
+    session: Session, refs: Collection[str], deciding: Collection[str], before: int
+) -> dict[str, _Subject]:
+    """Each subject's latest attributes and (for `deciding`, the subjects whose entries in
+    the page need them) every decision, from entries before `before`."""
     subjects = {ref: _Subject() for ref in refs}
-    ordered = sorted(subjects)
-    for chunk in in_chunks(ordered):
-        versions = session.execute(
-            select(
-                col(SubjectVersion.ref),
-                col(SubjectVersion.jurisdiction),
-                col(SubjectVersion.minor),
-                col(SubjectVersion.erased),
-            )
-            .where(col(SubjectVersion.ref).in_(chunk), col(SubjectVersion.seq) < before)
-            .order_by(col(SubjectVersion.ref), col(SubjectVersion.seq))
+    versions = _rows_for_refs(
+        session,
+        "SELECT ref, jurisdiction, minor, erased FROM subject_versions "
+        "WHERE ref {refs} AND seq < ? ORDER BY ref, seq",
+        refs,
+        before,
+    )
+    for ref, jurisdiction, minor, erased in versions:
+        subjects[ref].set_row(jurisdiction, bool(minor), bool(erased))
+    decisions = _rows_for_refs(
+        session,
+        "SELECT ref, seq, category, purpose, decision, explicit, effective, expires "
+        "FROM consent_decisions WHERE ref {refs} AND seq < ? ORDER BY ref, seq",
+        deciding,
+        before,
+    )
+    for ref, seq, category, purpose, decision, explicit, effective, expires in decisions:
+        subjects[ref].decisions.append(
+            Decision(seq, category, purpose, decision, bool(explicit), effective, expires)
         )
-        for ref, jurisdiction, minor, erased in versions:
-            subjects[ref].set_row(jurisdiction, bool(minor), bool(erased))
-        decisions = session.execute(
-            select(
-                col(ConsentDecision.ref),
-                col(ConsentDecision.seq),
-                col(ConsentDecision.category),
-                col(ConsentDecision.purpose),
-                col(ConsentDecision.decision),
-                col(ConsentDecision.explicit),
-                col(ConsentDecision.effective),
-                col(ConsentDecision.expires),
-            )
-            .where(col(ConsentDecision.ref).in_(chunk), col(ConsentDecision.seq) < before)
-            .order_by(col(ConsentDecision.ref), col(ConsentDecision.seq))
-        )
-        for ref, seq, category, purpose, decision, explicit, effective, expires in decisions:
-            subjects[ref].decisions.append(
-                # The column holds only decision kinds.
-                Decision(seq, category, purpose, decision, bool(explicit), effective, expires)  # type: ignore[arg-type]
-            )
     return subjects
 
 
-def _subject_ids(session: Session, refs: Iterable[str]) -> dict[str, str]:
+def _subject_ids(session: Session, refs: Collection[str]) -> dict[str, str]:
     """The platform's ids of the subjects still mapped (an erased one has none)."""
-    ids: dict[str, str] = {}
-    for chunk in in_chunks(sorted(refs)):
-        ids.update(
-            (ref, subject_id)
-            for subject_id, ref in session.execute(
-                select(col(SubjectMapping.subject_id), col(SubjectMapping.ref)).where(
-                    col(SubjectMapping.ref).in_(chunk)
-                )
-            )
-        )
-    return ids
+    rows = _rows_for_refs(session, "SELECT ref, subject_id FROM subjects WHERE ref {refs}", refs)
+    return dict(rows)
 
 
 def _obligations(session: Session, start: int, end: int) -> dict[int, list[dict[str, Any]]]:
