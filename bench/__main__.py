@@ -32,7 +32,7 @@ CORES_NOTE = (
     f"{os.cpu_count()} cores. Children (`import`, `verify`, `filter`) and in-process threads "
     "are pinned to nothing: Python holds one core (GIL) and the database takes the other "
     "(PostgreSQL server; SQLite runs inside the Python process). HTTP targets (P1, P2, P4, "
-    f"P7 API): {CORES_TEXT}."
+    f"P7 API, P8): {CORES_TEXT}."
 )
 
 
@@ -123,11 +123,26 @@ def render(results: list[Result], title: str, console: Console) -> None:
     console.print(table)
 
 
+def _chosen(key: str, title: str, only: set[str]) -> bool:
+    """`--only P8` selects every measurement of P8; `--only P8/resum` only those of P8
+    whose title holds "resum" (any case)."""
+    for token in only:
+        wanted, _, word = token.partition("/")
+        if key == wanted and word.lower() in title.lower():
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--only", default="", help="comma-separated keys, e.g. P3,P5")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated keys, e.g. P3,P5; KEY/WORD: only KEY's measurements whose "
+        "title holds WORD (e.g. P8/resum)",
+    )
     parser.add_argument("--json", type=Path, help="also save the results here")
     parser.add_argument(
         "--postgres-url",
@@ -146,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     engine: Engine = args.db
     only = {key.strip().upper() for key in args.only.split(",") if key.strip()}
-    selected = [m for m in REGISTRY if not only or m.key in only]
+    selected = [m for m in REGISTRY if not only or _chosen(m.key, m.title, only)]
     console = Console(width=max(160, Console().width))
     ctx = Context(
         engine=engine,

@@ -57,6 +57,7 @@ class Scale:
     http_seconds: float  # P1/P2/P4: a load phase stops sending after this many seconds
     dataset_members: int  # P9: members of each of the 10 builds
     withdrawals: int  # P9: subjects withdrawn (and granted again) one after another
+    feed_resumes: int  # P8: rounds of one page after the early and the late cursor
 
 
 SCALES = {
@@ -77,6 +78,7 @@ SCALES = {
         http_seconds=30,
         dataset_members=10_000,
         withdrawals=10,
+        feed_resumes=5,
     ),
     "full": Scale(
         name="full",
@@ -95,6 +97,7 @@ SCALES = {
         http_seconds=60,
         dataset_members=1_000_000,
         withdrawals=20,
+        feed_resumes=9,
     ),
 }
 

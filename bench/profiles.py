@@ -10,6 +10,8 @@
     python -m bench.profiles http-write --db sqlite --rows 2000
     python -m bench.profiles memory-filter --db sqlite --rows 300000
     python -m bench.profiles memory-batch --db sqlite --rows 300000
+    python -m bench.profiles feed --db sqlite --rows 100000
+    python -m bench.profiles http-feed --db postgres --rows 100000
 
 Each builds its own scratch ledger (dropped afterwards), profiles one run of
 the workload in this process and writes `<workload>-<db>.txt` and `.html`
@@ -30,6 +32,12 @@ thread instead: the profile shows the cost of the work, not the thread hops
 (`bench` P2's bare `def` baseline shows what those cost). `--no-profile`
 only measures the rate of that server, with `--thread-pool` as FastAPI runs
 it: the two rates show what the thread hops cost the real routes.
+
+`feed` reads the whole log in-process through `ConsentLedger.changes(after,
+10000)`, page after page, as the feed route does (P8); `http-feed` sends the
+same pages as `GET /v1/changes?after=N&limit=10000` (cursors known in advance:
+the log does not grow) from one connection to the in-process server. Both print
+the cost per event beside the totals.
 
 The `memory-*` workloads are for P7: tracemalloc's peak and the allocations
 still held at the end, by source line, of `filter` or of P1's batch path
@@ -75,7 +83,7 @@ PACKAGES = (
 )
 
 
-def _summaries(profiler: Profiler, top: int) -> str:
+def _summaries(profiler: Profiler, top: int, per: tuple[str, int] | None = None) -> str:
     session = profiler.last_session
     if session is None:
         return ""
@@ -107,15 +115,21 @@ def _summaries(profiler: Profiler, top: int) -> str:
             walk(child, on_stack)
 
     walk(root, frozenset())
-    lines = [f"total {total:.2f} s", "", "project functions (ledger/, api/) by inclusive time:"]
+
+    def each(seconds: float) -> str:
+        # The cost per unit of work (e.g. per event), when the workload says how many.
+        return "" if per is None else f"  {seconds / per[1] * 1e6:8.2f} µs/{per[0]}"
+
+    lines = [f"total {total:.2f} s" + (f" for {per[1]:,} {per[0]}s" if per else "")]
+    lines += ["", "project functions (ledger/, api/) by inclusive time:"]
     for label, seconds in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
-        lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s  {label}")
+        lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s{each(seconds)}  {label}")
     lines += ["", "self time by package:"]
     for package, seconds in sorted(by_package.items(), key=lambda item: -item[1]):
-        lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s  {package}")
+        lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s{each(seconds)}  {package}")
     lines += ["", "all functions by self time:"]
     for label, seconds in sorted(self_time.items(), key=lambda item: -item[1])[:top]:
-        lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s  {label}")
+        lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s{each(seconds)}  {label}")
     return "\n".join(lines)
 
 
@@ -131,20 +145,28 @@ def _package(path: str) -> str:
     return path or "?"
 
 
-def profile(name: str, work: Callable[[], object], out: Path, top: int) -> None:
+def profile(
+    name: str,
+    work: Callable[[], object],
+    out: Path,
+    top: int,
+    per: tuple[str, int] | None = None,
+) -> None:
     profiler = Profiler(interval=0.001)
     profiler.start()
     try:
         work()
     finally:
         profiler.stop()
-    write_profile(name, profiler, out, top)
+    write_profile(name, profiler, out, top, per)
 
 
-def write_profile(name: str, profiler: Profiler, out: Path, top: int) -> None:
+def write_profile(
+    name: str, profiler: Profiler, out: Path, top: int, per: tuple[str, int] | None = None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tree = profiler.output_text(unicode=True, color=False, show_all=False)
-    summary = _summaries(profiler, top)
+    summary = _summaries(profiler, top, per)
     (out / f"{name}.txt").write_text(tree + "\n\n" + summary + "\n")
     (out / f"{name}.html").write_text(profiler.output_html())
     print(tree)
@@ -159,12 +181,14 @@ def _inline_thread_pool() -> None:
     import fastapi.dependencies.utils
     import fastapi.routing
 
+    import api.routes.changes
     import api.routes.eligibility
 
     async def inline(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
 
-    for module in (fastapi.routing, fastapi.dependencies.utils, api.routes.eligibility):
+    modules = (fastapi.routing, fastapi.dependencies.utils, api.routes.eligibility)
+    for module in (*modules, api.routes.changes):
         module.run_in_threadpool = inline  # type: ignore[attr-defined]
 
 
@@ -179,6 +203,7 @@ def profile_http(
     *,
     sampled: bool = True,
     inline: bool = True,
+    per: tuple[str, int] | None = None,
 ) -> PhaseResult:
     import uvicorn
 
@@ -216,7 +241,7 @@ def profile_http(
 
     result = uvloop.run(drive())
     if sampled:
-        write_profile(name, profiler, out, top)
+        write_profile(name, profiler, out, top, per)
     how = "under the profiler" if sampled else "not profiled"
     how += ", sync work inline" if inline else ", FastAPI's thread pool"
     print(
@@ -263,6 +288,31 @@ def http_workload(
     bench_ledger = ctx.new_ledger("profiled")
     path = ctx.csv(rows)
     bench_ledger.ledger.import_file(path, actor=ACTOR)
+    if workload == "http-feed":
+        from bench.apiload import request
+        from bench.feed import PAGE
+
+        _, key = create_client(bench_ledger.ledger.engine, "bench-feed", ["feed"])
+        size = bench_ledger.ledger.tree_size()
+        pages = [
+            request("GET", f"/v1/changes?after={after}&limit={PAGE}", key)
+            for after in range(0, size, PAGE)
+        ]
+        warmup = [Phase("warmup", pages[:1], 1, seconds)]
+        measured = Phase("pages", pages, 1, 600, must_contain='"checkpoint":')
+        profile_http(
+            name,
+            bench_ledger,
+            warmup,
+            measured,
+            out,
+            top,
+            ctx.tmp,
+            sampled=sampled,
+            inline=inline,
+            per=("event", size),
+        )
+        return
     _, key = create_client(bench_ledger.ledger.engine, "bench-api", ["check"])
     if workload == "http-batch":
         batches = batch_requests(key, sample_pairs(path, 5 * BATCH_ITEMS, seed=11))
@@ -364,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
             "http-write",
             "memory-batch",
             "memory-filter",
+            "feed",
+            "http-feed",
         ),
     )
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
@@ -435,6 +487,19 @@ def main(argv: list[str] | None = None) -> None:
             profile(name, lambda: ledger.import_file(path, actor=ACTOR), args.out, args.top)
             return
         ledger.import_file(path, actor=ACTOR)
+        if args.workload == "feed":
+            from bench.feed import PAGE
+
+            size = ledger.tree_size()
+            ledger.changes(0, PAGE)  # warm-up: the policies parsed, statements prepared
+
+            def pages() -> None:
+                after = 0
+                while after < size:
+                    after = ledger.changes(after, PAGE).next
+
+            profile(name, pages, args.out, args.top, per=("event", size))
+            return
         if args.workload == "verify":
             profile(name, lambda: verify_ledger(ledger.engine), args.out, args.top)
             return

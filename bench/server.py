@@ -166,6 +166,36 @@ def start_server(
     return server
 
 
+def run_client(module: str, spec: dict[str, Any], directory: Path, timeout: float) -> Any:
+    """Run `python -m <module> SPEC RESULT` pinned to LOADGEN_CORES (a client process of
+    the harness's own, like the load generator) and return the JSON it wrote."""
+    work = Path(tempfile.mkdtemp(prefix="client-", dir=directory))
+    spec_path, out_path = work / "spec.json", work / "result.json"
+    spec_path.write_bytes(orjson.dumps(spec))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", module, str(spec_path), str(out_path)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=timeout,
+            preexec_fn=_pin(LOADGEN_CORES),
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(
+                f"{module} failed ({completed.returncode}): "
+                f"{completed.stderr.decode(errors='replace')[-2000:]}"
+            )
+        return orjson.loads(out_path.read_bytes())
+    finally:
+        for path in work.iterdir():
+            path.unlink()
+        work.rmdir()
+
+
 @dataclass
 class Phase:
     name: str

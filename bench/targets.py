@@ -15,7 +15,7 @@ import time
 
 from pymerkle import InmemoryTree  # type: ignore[import-untyped]
 
-from bench import datasets
+from bench import datasets, feed
 from bench.apiload import (
     BATCH_CONNECTIONS,
     BATCH_ITEMS,
@@ -483,6 +483,100 @@ def r1_period_report(ctx: Context) -> list[Result]:
             target=Target(maximum=60, text="< 60 s (issue #5)"),
             runs="1 run each (CLI wall time, start-up included)",
             note=f"report {size_mb:,.0f} MB of JSON, signed, with every entry's canonical bytes",
+        )
+    ]
+
+
+# --- P8: the change feed (before P9, whose `filter --record` adds builds to the bulk log) -----
+
+
+@measurement("P8", "change feed over HTTP: the whole log in pages of 10,000")
+def p8_feed_pages(ctx: Context) -> list[Result]:
+    """Figure: events/s of reading the whole bulk log through GET /v1/changes in pages of
+    10,000 (JSON), each page's `next` the next cursor, every event and range proof checked
+    by the client. Baseline: the same entries read by a bare SQL query per 10,000.
+    Target: ≥ 50,000 events/s. Also the NDJSON stream (baseline: the JSON pages)."""
+    stats = feed.log_reads(ctx)
+    size, passes = stats["size"], stats["passes"]
+    pages, stream, entries = passes["pages"], passes["stream"], passes["entries"]
+    bare_rate = size / median(stats["bare_seconds"])
+    page_rate = size / pages["seconds"]
+    checked = (
+        f"every event checked by the client (seqs 0…{size - 1:,} in order, cursors chained, "
+        "the range proof into the signed checkpoint)"
+    )
+    target = Target(minimum=50_000, text="≥ 50,000 events/s")
+    return [
+        Result(
+            key="P8",
+            what=f"change feed over HTTP: the {size:,}-entry bulk log read as "
+            f"{pages['pages']:,} JSON pages of {feed.PAGE:,} (GET /v1/changes?after=N)",
+            unit="events/s",
+            figure=page_rate,
+            baseline=bare_rate,
+            baseline_what=f"the same entries by one bare SQL query per {feed.PAGE:,} (seq, "
+            "ref, canonical bytes; DBAPI tuples), in the harness",
+            target=target,
+            runs=f"1 run, 1 keep-alive connection, the next page asked for as soon as a page "
+            f"is in; baseline: {runs_text(ctx.scale.repeats)}",
+            note=f"page latency p50 {percentile(pages['latencies'], 0.5) * 1000:,.0f} ms, "
+            f"max {max(pages['latencies']) * 1000:,.0f} ms; "
+            f"{pages['bytes'] / pages['pages'] / 2**20:,.1f} MB a page "
+            f"({pages['bytes'] / size:,.0f} B/event); {checked}; client CPU "
+            f"{pages['cpu_seconds']:,.1f} s; the auditor's bare entries over HTTP "
+            f"(/v1/ledger/entries, {entries['pages']:,} pages of 1,000): "
+            f"{size / entries['seconds']:,.0f} entries/s; "
+            f"server peak RSS {stats['peak_rss_mb']:,.0f} MB",
+        ),
+        Result(
+            key="P8",
+            what=f"change feed over HTTP: the same log as one NDJSON stream "
+            f"(Accept: application/x-ndjson, batches of {feed.PAGE:,})",
+            unit="events/s",
+            figure=size / stream["seconds"],
+            baseline=page_rate,
+            baseline_what="the JSON pages (row above)",
+            target=target,
+            runs="1 run, until the batch end whose next is the log's size",
+            note=f"{stream['pages']:,} batches, {stream['bytes'] / size:,.0f} B/event; "
+            f"{checked}; client CPU {stream['cpu_seconds']:,.1f} s",
+        ),
+    ]
+
+
+@measurement("P8", "change feed: resuming from a late cursor vs an early one")
+def p8_feed_resume(ctx: Context) -> list[Result]:
+    """Figure: latency of one page of 10,000 events after the late cursor (size − 10,000)
+    over HTTP. Baseline: the same after the early cursor (1,000). Target: ratio ≤ 1.5
+    (resuming costs O(page), not O(log))."""
+    stats = feed.resume_load(ctx)
+    times, cursors = stats["times"], stats["cursors"]
+
+    def ms(kind: str) -> float:
+        return median(times[kind]) * 1000
+
+    rounds = len(times["http late"])
+    runs = (
+        f"median of {rounds} rounds, each one page after each cursor over HTTP, in-process "
+        "and by bare SQL, interleaved (the order rotating)"
+    )
+    return [
+        Result(
+            key="P8",
+            what=f"change feed: one page of {feed.PAGE:,} events after cursor "
+            f"{cursors['late']:,} (late) over HTTP, beside cursor {cursors['early']:,} (early)",
+            unit="ms",
+            figure=ms("http late"),
+            baseline=ms("http early"),
+            baseline_what=f"the same page size after cursor {cursors['early']:,}",
+            target=Target(ratio_max=1.5, text="ratio ≤ 1.5 (O(page), not O(log))"),
+            runs=runs + "; 1 keep-alive connection (request until the body is in)",
+            note=f"in-process `ConsentLedger.changes`: late {ms('in-process late'):,.0f} ms, "
+            f"early {ms('in-process early'):,.0f} ms "
+            f"({ms('in-process late') / ms('in-process early'):.2f}×); bare SQL read of the "
+            f"same entries: late {ms('sql late'):,.1f} ms, early {ms('sql early'):,.1f} ms; "
+            f"slowest HTTP page: late {max(times['http late']) * 1000:,.0f} ms, early "
+            f"{max(times['http early']) * 1000:,.0f} ms",
         )
     ]
 
