@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from binascii import b2a_base64
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -18,6 +19,7 @@ from ledger.consent.eligibility import Decision, SubjectState
 from ledger.consent.entries import SUBJECT_KINDS, EntryKind
 from ledger.consent.policy import Policy
 from ledger.errors import InvalidInput
+from ledger.gcpause import no_gc
 from ledger.store.db import IN_CLAUSE_LIMIT, in_chunks
 from ledger.store.schema import (
     DatasetBuild,
@@ -121,7 +123,10 @@ class FeedReader:
             )
         end = min(after + limit, size)
         entries = _read_entries(session, after, end)
-        events = self._events(session, after, end, entries)
+        # A page makes ~20 objects per event, all alive until it is sent: collections in
+        # between would rescan them for nothing (a fifth of a page's time, measured).
+        with no_gc():
+            events = self._events(session, after, end, entries)
         if kinds is not None:
             wanted = frozenset(kinds)
             events = [event for event in events if event["kind"] in wanted]
@@ -189,7 +194,7 @@ class FeedReader:
             event.update(data if not _EVENT_FIELDS.intersection(data) else _renamed(data))
             event["effect"] = effect
             event["obligations"] = obligations.get(seq, [])
-            event["canonical"] = _b64(canonical).decode()
+            event["canonical"] = b2a_base64(canonical, newline=False).decode()
             append(event)
         return events
 
