@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from api.deps import LedgerDep, require
+from api.deps import LedgerDep, authorize, bearer_key, require
 from ledger.feed.pages import MAX_PAGE
 from ledger.service import ChangePage, Client, ConsentLedger
 
@@ -52,7 +52,8 @@ async def changes(
     page = await run_in_threadpool(ledger.changes, after, limit)
     if NDJSON in request.headers.get("accept", ""):
         heartbeat = ledger.settings.feed_heartbeat_seconds
-        return StreamingResponse(_stream(ledger, page, limit, heartbeat), media_type=NDJSON)
+        lines = _stream(ledger, page, limit, heartbeat, bearer_key(request))
+        return StreamingResponse(lines, media_type=NDJSON)
     if not page.events and wait > 0:
         await ledger.wait_beyond(page.next, wait)
         page = await run_in_threadpool(ledger.changes, after, limit)
@@ -60,11 +61,17 @@ async def changes(
 
 
 async def _stream(
-    ledger: ConsentLedger, page: ChangePage, limit: int, heartbeat: float
+    ledger: ConsentLedger, page: ChangePage, limit: int, heartbeat: float, key: str | None
 ) -> AsyncIterator[bytes]:
     """Batches as they are committed (by any process), each ended by its proof; a
-    heartbeat while idle. Runs until the client leaves (Starlette then cancels it)."""
+    heartbeat while idle. Runs until the client leaves (Starlette then cancels it), or
+    until its key is revoked or loses the `feed` scope: a stream that outlived its key
+    would go on handing out subject ids."""
     while True:
+        try:
+            await authorize(ledger, await ledger.head_async(), key, "feed")
+        except HTTPException:
+            return
         if page.events:
             yield _batch(page)
         elif page.next >= page.tree_size:

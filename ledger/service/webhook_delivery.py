@@ -192,7 +192,9 @@ def send_test(endpoint: Endpoint, secret: str, checkpoint: str, settings: Settin
     )
 
     async def attempt() -> tuple[int | None, str | None]:
-        async with httpx.AsyncClient(follow_redirects=False) as http:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=settings.webhook_timeout_seconds
+        ) as http:
             return await post(
                 http, endpoint.url, secret, message_id, body, settings.webhook_timeout_seconds
             )
@@ -278,7 +280,13 @@ class WebhookDeliverer:
             await anyio.sleep(term / 3)
             started = time.monotonic()
             try:
-                renewed = await anyio.to_thread.run_sync(self._store.take_lease, self.holder, term)
+                # A renewal stuck past the term (a hung connection, a long write lock) must
+                # not let this process deliver beside the one that took the lease over.
+                renewed = False
+                with anyio.move_on_after(max(held_until - time.monotonic(), 0.0)):
+                    renewed = await anyio.to_thread.run_sync(
+                        self._store.take_lease, self.holder, term, abandon_on_cancel=True
+                    )
             except Exception as exc:
                 logger.warning("renewing the webhook lease failed: %s", exc)
                 # Another renewal may still come in time; past that, someone may take it.
@@ -326,7 +334,9 @@ class WebhookDeliverer:
     async def _serve_endpoint(self, name: str) -> None:
         settings = self._settings
         failures = 0
-        async with httpx.AsyncClient(follow_redirects=False) as http:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=settings.webhook_timeout_seconds
+        ) as http:
             while True:
                 try:
                     if not await self._step(http, name):

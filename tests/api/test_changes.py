@@ -14,12 +14,15 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
+from api.routes import changes as changes_route
 from ledger.consent.decisions import DecisionRequest
 from ledger.consent.policy import Policy
 from ledger.service import ConsentLedger
+from ledger.service.clients import revoke_client
 from ledger.settings import Settings
 from ledger.timestamps import format_timestamp, utc_now
 from ledger.tlog import merkle
@@ -421,6 +424,19 @@ def test_what_a_decision_dated_later_changes_is_announced_with_the_instant_it_ho
         "reason": "erased",
         "from": effective,
     } in erasure["effect"]
+
+
+def test_a_stream_ends_once_its_key_is_revoked(ledger: ConsentLedger, keys: Keys) -> None:
+    # Checked before every batch and heartbeat: a stream must not outlive its key.
+    async def follow() -> None:
+        lines = changes_route._stream(ledger, ledger.changes(0, 1000), 1000, 0.05, keys.feed)
+        assert b'"checkpoint"' in await lines.__anext__()  # the history, proven
+        assert await lines.__anext__() == b'{"next":%d}\n' % ledger.tree_size()  # idle
+        revoke_client(ledger.engine, "client-feed")
+        with pytest.raises(StopAsyncIteration):
+            await lines.__anext__()
+
+    anyio.run(follow)
 
 
 # --- long-poll --------------------------------------------------------------------------------
